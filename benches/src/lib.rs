@@ -1,0 +1,1 @@
+//! Shared workloads of the benches and `strata compare` (being written).

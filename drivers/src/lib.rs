@@ -1,0 +1,3 @@
+//! The storage backends of strata, each behind a cargo feature.
+#[cfg(feature = "vfs")]
+pub mod vfs;

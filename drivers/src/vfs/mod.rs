@@ -1,0 +1,1 @@
+//! VFS driver (being written).

@@ -1,0 +1,1 @@
+//! The layer store of strata (filled by the store issue).
