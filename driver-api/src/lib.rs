@@ -234,7 +234,8 @@ pub trait Driver: Send + Sync + 'static {
     /// [`Error::Unsupported`] for a quota the driver cannot enforce;
     /// [`Error::InvalidArgument`] for a quota below the driver's minimum;
     /// [`Error::Io`] (for example `ENOSPC`).
-    async fn create(&self, id: &LayerId, parent: Option<&LayerId>, opts: &CreateOpts) -> Result<()>;
+    async fn create(&self, id: &LayerId, parent: Option<&LayerId>, opts: &CreateOpts)
+        -> Result<()>;
 
     /// Removes layer `id` and everything the driver keeps for it (files,
     /// mounts, devices, quota groups).
@@ -344,9 +345,11 @@ pub trait Driver: Send + Sync + 'static {
             Some(p) => Some(self.view(p, false).await?),
             None => None,
         };
-        tokio::task::spawn_blocking(move || naive::changes(layer.path(), base.as_ref().map(View::path)))
-            .await
-            .map_err(join_error)?
+        tokio::task::spawn_blocking(move || {
+            naive::changes(layer.path(), base.as_ref().map(View::path))
+        })
+        .await
+        .map_err(join_error)?
     }
 
     /// The size of the diff against `parent`: bytes of added or modified
@@ -380,7 +383,12 @@ pub trait Driver: Send + Sync + 'static {
     ///
     /// # Errors
     /// [`Error::NotFound`], [`Error::Archive`], [`Error::Io`].
-    async fn apply_diff(&self, id: &LayerId, parent: Option<&LayerId>, tar: TarSource) -> Result<u64> {
+    async fn apply_diff(
+        &self,
+        id: &LayerId,
+        parent: Option<&LayerId>,
+        tar: TarSource,
+    ) -> Result<u64> {
         let _ = parent;
         let layer = self.view(id, true).await?;
         tokio::task::spawn_blocking(move || {

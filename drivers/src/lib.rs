@@ -1,3 +1,6 @@
-//! The storage backends of strata, each behind a cargo feature.
+//! The storage backends of strata, each behind a cargo feature, and the
+//! [`registry`] that turns a configured name into a driver.
+
+pub mod registry;
 #[cfg(feature = "vfs")]
 pub mod vfs;
