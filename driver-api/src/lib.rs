@@ -310,10 +310,10 @@ pub trait Driver: Send + Sync + 'static {
     /// [`Error::NotFound`], [`Error::Io`].
     async fn view(&self, id: &LayerId, writable: bool) -> Result<View>;
 
-    /// Writes the layer's diff against `parent` (its own parent when `None`
-    /// is given for a layer with a parent is *not* assumed: `None` means
-    /// "against the empty tree") to `out` as a canonical OCI layer tar, and
-    /// returns `out` after flushing it.
+    /// Writes the layer's diff against `parent` to `out` as a canonical OCI
+    /// layer tar, and returns `out` after flushing it. `None` means "against
+    /// the empty tree" (the layer's own parent is not assumed: the store
+    /// passes it).
     ///
     /// Read-only; the same layer gives the same bytes. Cancellation: see the
     /// trait documentation (the tar may be cut short).
