@@ -879,3 +879,19 @@ fn name_of_the_archive_entry_for_io_errors() {
         .end();
     rejected(&tar, Plain, none, "nnnn");
 }
+
+#[test]
+fn zstd_with_a_huge_window_is_refused() {
+    if !is_root() {
+        return;
+    }
+    let tar = Tar::default().file("a", &vec![1u8; 1 << 20]).end();
+    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap();
+    enc.long_distance_matching(true).unwrap();
+    enc.window_log(27).unwrap();
+    std::io::Write::write_all(&mut enc, &tar).unwrap();
+    let data = enc.finish().unwrap();
+    let (_, res) = run(&data, Plain, none);
+    let err = res.expect_err("a 128 MiB zstd window was accepted");
+    eprintln!("refused: {err}");
+}

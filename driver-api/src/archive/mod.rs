@@ -35,6 +35,9 @@ use std::path::{Path, PathBuf};
 
 /// The prefix of a whiteout's name.
 pub const WH_PREFIX: &[u8] = b".wh.";
+/// The largest zstd window (log2 bytes) [`apply`] accepts: 32 MiB. Streams
+/// made with `zstd --long` (128 MiB windows) are refused.
+pub const ZSTD_WINDOW_LOG_MAX: u32 = 25;
 /// The name of the opaque-directory marker.
 pub const OPAQUE: &[u8] = b".wh..wh..opq";
 
@@ -139,7 +142,11 @@ pub fn apply<R: Read>(tar: R, target: &Path, format: WhiteoutFormat) -> Result<A
     if magic[..n].starts_with(&[0x1f, 0x8b]) {
         apply::apply(flate2::read::MultiGzDecoder::new(head), target, format)
     } else if n == 4 && magic == [0x28, 0xb5, 0x2f, 0xfd] {
-        let dec = zstd::stream::read::Decoder::new(head)
+        let mut dec = zstd::stream::read::Decoder::new(head)
+            .map_err(|e| crate::Error::io("zstd", "layer tar", e))?;
+        // A frame may ask for a window of up to 2 GiB; refuse more than
+        // 32 MiB so a hostile stream cannot blow the memory budget.
+        dec.window_log_max(ZSTD_WINDOW_LOG_MAX)
             .map_err(|e| crate::Error::io("zstd", "layer tar", e))?;
         apply::apply(dec, target, format)
     } else {
