@@ -86,6 +86,11 @@ fn build_tree(root: &Path) {
             f.write_all_at(&vec![b'a' + i as u8; 4096], *o).unwrap();
         }
     }
+    // Only a hole: a sparse map with one empty segment at the end.
+    std::fs::File::create(j("allhole"))
+        .unwrap()
+        .set_len(MIB)
+        .unwrap();
     write_file(&j("hl1"), b"hard linked content");
     std::fs::hard_link(j("hl1"), j("d1/hl2")).unwrap();
     std::fs::hard_link(j("hl1"), j("hl3")).unwrap();
