@@ -18,6 +18,9 @@
 //! `security.capability`), then mode, then xattrs (`security.capability`
 //! last), then times. A directory's metadata is applied after its contents
 //! are copied (so a read-only directory can be filled and its mtime stays).
+//! Source files and directories are opened with `O_NOATIME` where the
+//! caller may (owner or root), so copying does not move the source's
+//! atimes.
 
 mod sys;
 
@@ -27,7 +30,7 @@ use nix::sys::stat::{Mode, SFlag};
 use nix::sys::time::TimeSpec;
 use nix::unistd::Whence;
 use std::collections::HashMap;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs::{File, Metadata, OpenOptions};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::ffi::OsStrExt;
@@ -219,11 +222,7 @@ impl Copier {
     /// Copies a regular file's data to the new file `dst`; returns the
     /// method that copied it.
     fn file(&mut self, src: &Path, dst: &Path, md: &Metadata) -> Result<CopyMethod> {
-        let input = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY)
-            .open(src)
-            .ctx("open", src)?;
+        let input = open_source(src)?;
         let output = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -369,14 +368,44 @@ impl Copier {
     }
 }
 
-/// The names in `dir`, sorted by their bytes (a stable copy order).
+/// The names in `dir`, sorted by their bytes (a stable copy order). The
+/// directory is opened without following a symlink and, where allowed,
+/// without touching its atime.
 fn list(dir: &Path) -> Result<Vec<OsString>> {
+    use nix::fcntl::OFlag;
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let mut handle = match nix::dir::Dir::open(dir, flags | OFlag::O_NOATIME, Mode::empty()) {
+        Err(Errno::EPERM) => nix::dir::Dir::open(dir, flags, Mode::empty()),
+        other => other,
+    }
+    .ctx("opendir", dir)?;
     let mut names = Vec::new();
-    for entry in std::fs::read_dir(dir).ctx("read_dir", dir)? {
-        names.push(entry.ctx("read_dir", dir)?.file_name());
+    for entry in handle.iter() {
+        let entry = entry.ctx("readdir", dir)?;
+        let name = entry.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            names.push(OsStr::from_bytes(name).to_os_string());
+        }
     }
     names.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
     Ok(names)
+}
+
+/// Opens a regular file of the source for reading: never through a
+/// symlink, and where allowed (owner or `CAP_FOWNER`) without touching its
+/// atime, so a copy leaves the source's times as they were.
+fn open_source(src: &Path) -> Result<File> {
+    let open = |extra: libc::c_int| {
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY | extra)
+            .open(src)
+    };
+    match open(libc::O_NOATIME) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(0),
+        other => other,
+    }
+    .ctx("open", src)
 }
 
 /// Applies `md` (the metadata of `src`) and `src`'s xattrs to the new entry
@@ -406,6 +435,16 @@ fn set_metadata(src: &Path, dst: &Path, md: &Metadata) -> Result<()> {
     .ctx("utimensat", dst)
 }
 
+/// Xattr names in the order they are set: sorted, `security.capability`
+/// last (any later change of the file could clear it).
+fn xattr_order(mut names: Vec<OsString>) -> Vec<OsString> {
+    names.sort_by(|a, b| {
+        let cap = |n: &OsString| n.as_bytes() == b"security.capability";
+        (cap(a), a.as_bytes()).cmp(&(cap(b), b.as_bytes()))
+    });
+    names
+}
+
 /// Copies every extended attribute of `src` to `dst` (neither followed when
 /// a symlink), `security.capability` last.
 fn copy_xattrs(src: &Path, dst: &Path) -> Result<()> {
@@ -414,10 +453,7 @@ fn copy_xattrs(src: &Path, dst: &Path) -> Result<()> {
         Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => return Ok(()),
         Err(e) => return Err(Error::io("listxattr", src, e)),
     };
-    let mut names: Vec<OsString> = names.collect();
-    // Stable order, with security.capability moved to the end.
-    names.sort_by_key(|n| (n.as_bytes() == b"security.capability", n.clone()));
-    for name in names {
+    for name in xattr_order(names.collect()) {
         let Some(value) = xattr::get(src, &name).ctx("getxattr", src)? else {
             continue;
         };
@@ -429,4 +465,39 @@ fn copy_xattrs(src: &Path, dst: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capability_is_set_last() {
+        let names = [
+            "user.b",
+            "security.capability",
+            "trusted.a",
+            "security.selinux",
+        ]
+        .map(OsString::from)
+        .to_vec();
+        let order = xattr_order(names);
+        assert_eq!(
+            order,
+            [
+                "security.selinux",
+                "trusted.a",
+                "user.b",
+                "security.capability"
+            ]
+            .map(OsString::from)
+        );
+    }
+
+    #[test]
+    fn a_fresh_copier_starts_with_reflink() {
+        let copier = Copier::default();
+        assert!(copier.methods.is_empty());
+        assert_eq!(copier.stats, CopyStats::default());
+    }
 }
