@@ -146,6 +146,14 @@ impl Drop for TempFile {
     }
 }
 
+/// A directory being copied: its sorted names, the next one to copy, and
+/// its metadata, applied when all names are done.
+struct DirLevel {
+    names: Vec<OsString>,
+    next: usize,
+    md: Metadata,
+}
+
 /// The state of one [`copy_tree`].
 #[derive(Default)]
 struct Copier {
@@ -159,25 +167,63 @@ struct Copier {
 }
 
 impl Copier {
-    /// Copies the entry at `src` (with metadata `md`) to the new path `dst`.
+    /// Copies the entry at `src` (with metadata `md`) to the new path `dst`,
+    /// a directory with everything below it.
+    ///
+    /// The walk keeps its own stack of open levels (one sorted listing
+    /// each) instead of recursing, so the deepest tree path-based calls
+    /// allow fits any thread's stack.
     fn entry(&mut self, src: &mut PathBuf, dst: &mut PathBuf, md: &Metadata) -> Result<()> {
-        let ft = md.file_type();
+        if !md.file_type().is_dir() {
+            return self.leaf(src, dst, md);
+        }
         self.stats.entries += 1;
-        if ft.is_dir() {
-            std::fs::DirBuilder::new()
-                .mode(0o700)
-                .create(&*dst)
-                .ctx("mkdir", &*dst)?;
-            for name in list(src)? {
-                src.push(&name);
-                dst.push(&name);
+        let mut stack = vec![self.enter_dir(src, dst, md)?];
+        while let Some(top) = stack.last_mut() {
+            if let Some(name) = top.names.get(top.next) {
+                top.next += 1;
+                src.push(name);
+                dst.push(name);
                 let child = std::fs::symlink_metadata(&*src).ctx("lstat", &*src)?;
-                self.entry(src, dst, &child)?;
+                if child.file_type().is_dir() {
+                    self.stats.entries += 1;
+                    // The paths stay pushed until the level is done.
+                    stack.push(self.enter_dir(src, dst, &child)?);
+                    continue;
+                }
+                self.leaf(src, dst, &child)?;
+                src.pop();
+                dst.pop();
+                continue;
+            }
+            let done = stack.pop().expect("a level is open");
+            set_metadata(src, dst, &done.md)?;
+            if !stack.is_empty() {
                 src.pop();
                 dst.pop();
             }
-            return set_metadata(src, dst, md);
         }
+        Ok(())
+    }
+
+    /// Creates the directory `dst` (private until its metadata is applied
+    /// when its level is done) and lists `src`.
+    fn enter_dir(&mut self, src: &Path, dst: &Path, md: &Metadata) -> Result<DirLevel> {
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(dst)
+            .ctx("mkdir", dst)?;
+        Ok(DirLevel {
+            names: list(src)?,
+            next: 0,
+            md: md.clone(),
+        })
+    }
+
+    /// Copies a non-directory entry.
+    fn leaf(&mut self, src: &mut PathBuf, dst: &mut PathBuf, md: &Metadata) -> Result<()> {
+        let ft = md.file_type();
+        self.stats.entries += 1;
         if ft.is_file() {
             let key = (md.dev(), md.ino());
             if md.nlink() > 1 {

@@ -22,6 +22,7 @@
 //! shortcut"); directories are still descended into.
 
 use crate::{Change, ChangeKind, IoContext, Result};
+use std::cmp::Ordering;
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::fs::Metadata;
@@ -73,13 +74,8 @@ pub fn changes_with_stats(layer: &Path, parent: Option<&Path>) -> Result<(Vec<Ch
         rel: Vec::new(),
     };
     let mut layer_dir = layer.to_path_buf();
-    match parent {
-        Some(parent) => {
-            let mut parent_dir = parent.to_path_buf();
-            walker.walk_both(&mut layer_dir, &mut parent_dir)?;
-        }
-        None => walker.add_all(&mut layer_dir)?,
-    }
+    let mut parent_dir = parent.map(Path::to_path_buf);
+    walker.walk(&mut layer_dir, parent_dir.as_mut())?;
     Ok((walker.out, walker.stats))
 }
 
@@ -156,105 +152,169 @@ impl Walker {
         self.rel.truncate(len);
     }
 
-    /// Reports every entry under `dir` (not `dir` itself) as added.
-    fn add_all(&mut self, dir: &mut PathBuf) -> Result<()> {
-        for name in list(dir)? {
-            dir.push(&name);
-            let md = lstat(dir)?;
-            self.push(&name, ChangeKind::Added);
-            self.stats.added += 1;
-            if md.file_type().is_dir() {
-                let saved = self.enter(&name);
-                self.add_all(dir)?;
-                self.leave(saved);
-            }
-            dir.pop();
-        }
-        Ok(())
-    }
-
-    /// Compares the directories `layer` and `parent` (the same relative
-    /// path in both trees) and reports their differences below them.
-    fn walk_both(&mut self, layer: &mut PathBuf, parent: &mut PathBuf) -> Result<()> {
-        let in_layer = list(layer)?;
-        let in_parent = list(parent)?;
-        let (mut i, mut j) = (0, 0);
-        while i < in_layer.len() || j < in_parent.len() {
-            let order = match (in_layer.get(i), in_parent.get(j)) {
-                (Some(l), Some(p)) => l.as_bytes().cmp(p.as_bytes()),
-                (Some(_), None) => std::cmp::Ordering::Less,
-                _ => std::cmp::Ordering::Greater,
+    /// Walks the directories `layer` and `parent` (`None`: report all of
+    /// `layer` as added) and reports the differences below them.
+    ///
+    /// The walk keeps its own stack of open levels (one sorted listing per
+    /// tree each) instead of recursing, so the deepest tree path-based
+    /// calls allow fits any thread's stack. `layer` and `parent` stay
+    /// pushed with a level's name while it is open.
+    fn walk(&mut self, layer: &mut PathBuf, mut parent: Option<&mut PathBuf>) -> Result<()> {
+        let mut stack = vec![Level {
+            in_layer: list(layer)?,
+            in_parent: match parent.as_deref() {
+                Some(p) => Some(list(p)?),
+                None => None,
+            },
+            i: 0,
+            j: 0,
+            mark: None,
+            rel_len: 0,
+            parent_pushed: false,
+        }];
+        while let Some(top) = stack.last_mut() {
+            let order = match (top.in_layer.get(top.i), &top.in_parent) {
+                (None, None) => None,
+                (Some(_), None) => Some(Ordering::Less),
+                (l, Some(ps)) => match (l, ps.get(top.j)) {
+                    (None, None) => None,
+                    (Some(l), Some(p)) => Some(l.as_bytes().cmp(p.as_bytes())),
+                    (Some(_), None) => Some(Ordering::Less),
+                    (None, Some(_)) => Some(Ordering::Greater),
+                },
+            };
+            let Some(order) = order else {
+                // The level is done.
+                let done = stack.pop().expect("a level is open");
+                self.leave(done.rel_len);
+                if !stack.is_empty() {
+                    layer.pop();
+                }
+                if done.parent_pushed {
+                    if let Some(p) = parent.as_deref_mut() {
+                        p.pop();
+                    }
+                }
+                // Docker's ancestor rule: an unchanged directory stays in
+                // the list only when something below it changed.
+                if let Some((mark, false)) = done.mark {
+                    if self.out.len() == mark + 1 {
+                        self.out.pop();
+                    }
+                }
+                continue;
             };
             match order {
-                std::cmp::Ordering::Less => {
-                    let name = &in_layer[i];
-                    layer.push(name);
+                Ordering::Greater => {
+                    let name = &top.in_parent.as_ref().expect("both trees")[top.j];
+                    top.j += 1;
+                    let path = self.change_path(name);
+                    self.out.push(Change {
+                        path,
+                        kind: ChangeKind::Deleted,
+                    });
+                    self.stats.deleted += 1;
+                }
+                Ordering::Less => {
+                    let name = top.in_layer[top.i].clone();
+                    top.i += 1;
+                    layer.push(&name);
                     let md = lstat(layer)?;
-                    self.push(name, ChangeKind::Added);
+                    self.push(&name, ChangeKind::Added);
                     self.stats.added += 1;
                     if md.file_type().is_dir() {
-                        let saved = self.enter(name);
-                        self.add_all(layer)?;
-                        self.leave(saved);
+                        let rel_len = self.enter(&name);
+                        stack.push(Level {
+                            in_layer: list(layer)?,
+                            in_parent: None,
+                            i: 0,
+                            j: 0,
+                            mark: None,
+                            rel_len,
+                            parent_pushed: false,
+                        });
+                    } else {
+                        layer.pop();
                     }
-                    layer.pop();
-                    i += 1;
                 }
-                std::cmp::Ordering::Greater => {
-                    self.push(&in_parent[j], ChangeKind::Deleted);
-                    self.stats.deleted += 1;
-                    j += 1;
-                }
-                std::cmp::Ordering::Equal => {
-                    let name = &in_layer[i];
-                    layer.push(name);
-                    parent.push(name);
-                    self.both(name, layer, parent)?;
-                    layer.pop();
-                    parent.pop();
-                    i += 1;
-                    j += 1;
+                Ordering::Equal => {
+                    let name = top.in_layer[top.i].clone();
+                    top.i += 1;
+                    top.j += 1;
+                    let p = parent.as_deref_mut().expect("both trees");
+                    layer.push(&name);
+                    p.push(&name);
+                    let (lmd, pmd) = (lstat(layer)?, lstat(p)?);
+                    let modified = self.both_differ(layer, &lmd, p, &pmd)?;
+                    // Pushed before its descendants; an unchanged directory
+                    // tentatively (see the end of a level).
+                    let mark = self.out.len();
+                    self.push(&name, ChangeKind::Modified);
+                    if lmd.file_type().is_dir() {
+                        let rel_len = self.enter(&name);
+                        let in_parent = if pmd.file_type().is_dir() {
+                            Some(list(p)?)
+                        } else {
+                            // A non-directory became a directory: all of
+                            // it is new.
+                            None
+                        };
+                        stack.push(Level {
+                            in_layer: list(layer)?,
+                            in_parent,
+                            i: 0,
+                            j: 0,
+                            mark: Some((mark, modified)),
+                            rel_len,
+                            parent_pushed: true,
+                        });
+                    } else {
+                        if !modified {
+                            self.out.pop();
+                        }
+                        layer.pop();
+                        p.pop();
+                    }
                 }
             }
         }
         Ok(())
     }
 
-    /// An entry present in both trees, at `layer` and `parent`.
-    fn both(&mut self, name: &OsStr, layer: &mut PathBuf, parent: &mut PathBuf) -> Result<()> {
-        let lmd = lstat(layer)?;
-        let pmd = lstat(parent)?;
-        let shortcut = lmd.ino() == pmd.ino()
+    /// Whether an entry present in both trees differs, by the inode
+    /// shortcut or a full comparison (counted in the stats).
+    fn both_differ(
+        &mut self,
+        layer: &Path,
+        lmd: &Metadata,
+        parent: &Path,
+        pmd: &Metadata,
+    ) -> Result<bool> {
+        if lmd.ino() == pmd.ino()
             && lmd.ctime() == pmd.ctime()
-            && lmd.ctime_nsec() == pmd.ctime_nsec();
-        let modified = if shortcut {
+            && lmd.ctime_nsec() == pmd.ctime_nsec()
+        {
             self.stats.shortcut += 1;
-            false
-        } else {
-            self.stats.compared += 1;
-            differs(layer, &lmd, parent, &pmd)?
-        };
-        let (l_dir, p_dir) = (lmd.file_type().is_dir(), pmd.file_type().is_dir());
-        // The entry is pushed before its descendants; when it is unchanged
-        // itself but a directory in both trees, it is pushed tentatively and
-        // popped again if nothing below it changed (Docker's ancestor rule).
-        let mark = self.out.len();
-        self.push(name, ChangeKind::Modified);
-        if l_dir {
-            let saved = self.enter(name);
-            if p_dir {
-                self.walk_both(layer, parent)?;
-            } else {
-                // A non-directory became a directory: all of it is new.
-                self.add_all(layer)?;
-            }
-            self.leave(saved);
+            return Ok(false);
         }
-        if !modified && self.out.len() == mark + 1 {
-            self.out.pop();
-        }
-        Ok(())
+        self.stats.compared += 1;
+        differs(layer, lmd, parent, pmd)
     }
+}
+
+/// A directory being walked: its sorted names in the layer and (unless all
+/// of it is added) in the parent, the next index in each, where its own
+/// change was pushed and whether it is modified itself (`None` for the root
+/// and for added directories), and the length of the relative path to
+/// restore when it is done.
+struct Level {
+    in_layer: Vec<OsString>,
+    in_parent: Option<Vec<OsString>>,
+    i: usize,
+    j: usize,
+    mark: Option<(usize, bool)>,
+    rel_len: usize,
+    parent_pushed: bool,
 }
 
 /// The names in `dir`, sorted by their bytes.
