@@ -75,7 +75,12 @@ impl Ctx {
     ///
     /// # Errors
     /// The driver's error, with the layer named.
-    pub async fn create_with(&self, id: &str, parent: Option<&str>, opts: &CreateOpts) -> Result<()> {
+    pub async fn create_with(
+        &self,
+        id: &str,
+        parent: Option<&str>,
+        opts: &CreateOpts,
+    ) -> Result<()> {
         let (i, p) = (lid(id)?, opt_lid(parent)?);
         self.driver
             .create(&i, p.as_ref(), opts)
@@ -255,7 +260,9 @@ impl Ctx {
         self.create(fresh, parent).await?;
         let got_size = self.apply_file(fresh, parent, &tar).await?;
         if got_size != want_size {
-            bail!("apply_diff into {fresh} returned {got_size} bytes, diff_size({id}) is {want_size}");
+            bail!(
+                "apply_diff into {fresh} returned {got_size} bytes, diff_size({id}) is {want_size}"
+            );
         }
         let a = self.manifest(id).await?;
         let b = self.manifest(fresh).await?;
@@ -271,7 +278,13 @@ impl Ctx {
 pub fn show_changes(c: &[Change]) -> String {
     use std::os::unix::ffi::OsStrExt;
     c.iter()
-        .map(|c| format!("{} {}", c.kind.letter(), tree::show(c.path.as_os_str().as_bytes())))
+        .map(|c| {
+            format!(
+                "{} {}",
+                c.kind.letter(),
+                tree::show(c.path.as_os_str().as_bytes())
+            )
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }

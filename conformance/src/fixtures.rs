@@ -40,9 +40,7 @@ pub fn have_tool(tool: &str) -> bool {
 }
 
 fn run(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("running {cmd:?}"))?;
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
         bail!(
             "{cmd:?} failed ({}): {}",
@@ -103,7 +101,9 @@ impl LoopFs {
             other => bail!("unknown loop filesystem kind {other:?}"),
         };
         run(mk.arg(&image))?;
-        let device = run(Command::new("losetup").args(["--find", "--show"]).arg(&image))?;
+        let device = run(Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(&image))?;
         let mount = dir.path().join("mnt");
         let mut me = LoopFs {
             kind: kind.to_string(),
@@ -207,7 +207,10 @@ pub fn mounts_under(path: &Path) -> Result<Vec<PathBuf>> {
 /// # Errors
 /// Reading `/proc/self/mountinfo`.
 pub fn mount_count_at(path: &Path) -> Result<usize> {
-    Ok(mounts_under(path)?.iter().filter(|m| m.as_path() == path).count())
+    Ok(mounts_under(path)?
+        .iter()
+        .filter(|m| m.as_path() == path)
+        .count())
 }
 
 /// The loop devices whose backing file lies at or below `path`.
@@ -283,7 +286,11 @@ pub async fn open_on(name: &str, backing: Backing) -> Result<Fixture> {
             Ok(Fixture::new(driver, root, tmp))
         }
         Backing::Btrfs | Backing::Xfs => {
-            let kind = if backing == Backing::Btrfs { "btrfs" } else { "xfs" };
+            let kind = if backing == Backing::Btrfs {
+                "btrfs"
+            } else {
+                "xfs"
+            };
             let lfs = tokio::task::spawn_blocking(move || LoopFs::new(kind, LOOP_IMAGE_SIZE))
                 .await
                 .context("loop fs task panicked")??;

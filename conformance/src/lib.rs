@@ -282,8 +282,20 @@ pub fn in_ci() -> bool {
 impl Report {
     /// The table, as text: scenario, driver, result, time, detail.
     pub fn table(&self) -> String {
-        let w0 = self.rows.iter().map(|r| r.scenario.len()).max().unwrap_or(8).max(8);
-        let w1 = self.rows.iter().map(|r| r.driver.len()).max().unwrap_or(6).max(6);
+        let w0 = self
+            .rows
+            .iter()
+            .map(|r| r.scenario.len())
+            .max()
+            .unwrap_or(8)
+            .max(8);
+        let w1 = self
+            .rows
+            .iter()
+            .map(|r| r.driver.len())
+            .max()
+            .unwrap_or(6)
+            .max(6);
         let mut s = format!(
             "{:<w0$}  {:<w1$}  {:<6}  {:>7}  detail\n",
             "scenario", "driver", "result", "time"

@@ -403,7 +403,8 @@ impl Op {
             }
             Op::Remove { path } => {
                 let at = root.join(path);
-                let md = fs::symlink_metadata(&at).with_context(|| format!("lstat {}", at.display()))?;
+                let md =
+                    fs::symlink_metadata(&at).with_context(|| format!("lstat {}", at.display()))?;
                 if md.is_dir() {
                     fs::remove_dir_all(&at)
                 } else {
@@ -499,7 +500,8 @@ impl Op {
                 mtime,
             } => {
                 let at = root.join(path);
-                let f = fs::File::create(&at).with_context(|| format!("create {}", at.display()))?;
+                let f =
+                    fs::File::create(&at).with_context(|| format!("create {}", at.display()))?;
                 f.set_len(*size)
                     .with_context(|| format!("truncate {}", at.display()))?;
                 for (off, data) in chunks {

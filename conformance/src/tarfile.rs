@@ -96,7 +96,11 @@ fn text(field: &mut [u8], value: &[u8], what: &str) -> io::Result<()> {
     if value.len() > field.len() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("{what} of {} bytes does not fit {} bytes", value.len(), field.len()),
+            format!(
+                "{what} of {} bytes does not fit {} bytes",
+                value.len(),
+                field.len()
+            ),
         ));
     }
     field[..value.len()].copy_from_slice(value);
@@ -211,8 +215,13 @@ pub fn list(tar: &[u8]) -> Vec<Listed> {
         if flag == b'x' {
             let mut rec = &tar[data_start..data_end];
             while !rec.is_empty() {
-                let Some(sp) = rec.iter().position(|&b| b == b' ') else { break };
-                let len: usize = std::str::from_utf8(&rec[..sp]).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+                let Some(sp) = rec.iter().position(|&b| b == b' ') else {
+                    break;
+                };
+                let len: usize = std::str::from_utf8(&rec[..sp])
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
                 if len == 0 || len > rec.len() {
                     break;
                 }
@@ -235,7 +244,11 @@ pub fn list(tar: &[u8]) -> Vec<Listed> {
                     [pre, b"/".to_vec(), n].concat()
                 }
             });
-            out.push(Listed { name, flag, offset: off });
+            out.push(Listed {
+                name,
+                flag,
+                offset: off,
+            });
         }
         off = data_start + size.div_ceil(512) * 512;
     }
@@ -245,9 +258,11 @@ pub fn list(tar: &[u8]) -> Vec<Listed> {
 /// Describes where two tars first differ: the byte offset and the entries
 /// around it, for messages.
 pub fn first_difference(a: &[u8], b: &[u8]) -> Option<String> {
-    let at = a.iter().zip(b).position(|(x, y)| x != y).or_else(|| {
-        (a.len() != b.len()).then(|| a.len().min(b.len()))
-    })?;
+    let at = a
+        .iter()
+        .zip(b)
+        .position(|(x, y)| x != y)
+        .or_else(|| (a.len() != b.len()).then(|| a.len().min(b.len())))?;
     let entry_at = |t: &[u8]| {
         list(t)
             .into_iter()
@@ -282,7 +297,13 @@ mod tests {
         let sum: u64 = v[..512]
             .iter()
             .enumerate()
-            .map(|(i, &x)| if (148..156).contains(&i) { 32 } else { u64::from(x) })
+            .map(|(i, &x)| {
+                if (148..156).contains(&i) {
+                    32
+                } else {
+                    u64::from(x)
+                }
+            })
             .sum();
         let field = std::str::from_utf8(&v[148..154]).unwrap();
         assert_eq!(u64::from_str_radix(field, 8).unwrap(), sum);

@@ -210,7 +210,8 @@ impl Manifest {
         let mut inodes: HashMap<(u64, u64), Vec<usize>> = HashMap::new();
         for (i, rel) in paths.into_iter().enumerate() {
             let abs = join(root, &rel);
-            let md = fs::symlink_metadata(&abs).with_context(|| format!("lstat {}", abs.display()))?;
+            let md =
+                fs::symlink_metadata(&abs).with_context(|| format!("lstat {}", abs.display()))?;
             let ft = md.file_type();
             let kind = if ft.is_dir() {
                 Kind::Dir
@@ -382,7 +383,10 @@ pub fn compare(a: &Manifest, b: &Manifest, la: &str, lb: &str) -> Vec<String> {
                     out.push(format!("{p}: type {} in {la}, {} in {lb}", x.kind, y.kind));
                 } else {
                     if x.mode != y.mode {
-                        out.push(format!("{p}: mode {:04o} in {la}, {:04o} in {lb}", x.mode, y.mode));
+                        out.push(format!(
+                            "{p}: mode {:04o} in {la}, {:04o} in {lb}",
+                            x.mode, y.mode
+                        ));
                     }
                     if (x.uid, x.gid) != (y.uid, y.gid) {
                         out.push(format!(
@@ -404,7 +408,10 @@ pub fn compare(a: &Manifest, b: &Manifest, la: &str, lb: &str) -> Vec<String> {
                         ));
                     }
                     if x.rdev != y.rdev {
-                        out.push(format!("{p}: device {:?} in {la}, {:?} in {lb}", x.rdev, y.rdev));
+                        out.push(format!(
+                            "{p}: device {:?} in {la}, {:?} in {lb}",
+                            x.rdev, y.rdev
+                        ));
                     }
                     let (lx, ly) = (link_path(a, x), link_path(b, y));
                     if lx != ly {

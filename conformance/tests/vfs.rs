@@ -106,5 +106,8 @@ fn every_scenario_has_a_test() {
     let mut got = listed();
     want.sort();
     got.sort();
-    assert_eq!(got, want, "tests/vfs.rs must list every scenario exactly once");
+    assert_eq!(
+        got, want,
+        "tests/vfs.rs must list every scenario exactly once"
+    );
 }

@@ -119,7 +119,10 @@ async fn rename(cx: Ctx) -> Result<Outcome> {
             ops::rename("n", "n2"),
             ops::write("dir2/sub/z", "z"),
         ],
-        vec![ops::rename("dir2/sub", "sub-top"), ops::rename("moved-file", "dir2/x")],
+        vec![
+            ops::rename("dir2/sub", "sub-top"),
+            ops::rename("moved-file", "dir2/x"),
+        ],
     ];
     chain(&cx, &["r1", "r2", "r3"], &steps).await?;
     Ok(Outcome::Pass)
@@ -128,7 +131,11 @@ async fn rename(cx: Ctx) -> Result<Outcome> {
 async fn hardlink_move(cx: Ctx) -> Result<Outcome> {
     let steps = vec![
         vec![ops::mkdir("src"), ops::file("src/f", "moving", 0o640, 5, 5)],
-        vec![ops::mkdir("dst"), ops::link("src/f", "dst/g"), ops::rm("src/f")],
+        vec![
+            ops::mkdir("dst"),
+            ops::link("src/f", "dst/g"),
+            ops::rm("src/f"),
+        ],
         vec![ops::write("after", "a")],
     ];
     chain(&cx, &["h1", "h2", "h3"], &steps).await?;
@@ -261,7 +268,9 @@ async fn deep_chain_max(cx: Ctx) -> Result<Outcome> {
     let max = cx.driver.capabilities().max_depth;
     let depth = max.min(DEEP_CAP);
     if depth < 2 {
-        return Ok(Outcome::NotApplicable(format!("capabilities().max_depth is {max}")));
+        return Ok(Outcome::NotApplicable(format!(
+            "capabilities().max_depth is {max}"
+        )));
     }
     let start = Instant::now();
     deep_chain(&cx, depth).await?;
@@ -414,7 +423,11 @@ async fn changes_exact(cx: Ctx) -> Result<Outcome> {
     // A layer without changes has none.
     cx.create("same", Some("child")).await?;
     let c = cx.changes("same", Some("child")).await?;
-    ensure!(c.is_empty(), "changes of an unchanged child:\n{}", show_changes(&c));
+    ensure!(
+        c.is_empty(),
+        "changes of an unchanged child:\n{}",
+        show_changes(&c)
+    );
     Ok(Outcome::Pass)
 }
 
@@ -475,8 +488,16 @@ async fn many_files(cx: &Ctx, dirs: usize, files: usize) -> Result<()> {
             v.push(ops::write(format!("{dn}/f{f:05}"), format!("{d}/{f}")));
         }
     }
+    let t = Instant::now();
     cx.build("many", Some("base"), v).await?;
+    let built = t.elapsed().as_secs_f64();
+    let t = Instant::now();
     cx.roundtrip("many", Some("base"), "applied", true).await?;
+    cx.note(format!(
+        "{} files: written in {built:.1} s; diff, apply and compare in {:.1} s",
+        dirs * files,
+        t.elapsed().as_secs_f64()
+    ));
     Ok(())
 }
 

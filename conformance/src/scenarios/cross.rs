@@ -23,7 +23,13 @@ struct Made {
     child_view: Manifest,
 }
 
-fn row(scenario: &str, driver: String, outcome: Outcome, start: Instant, notes: Vec<String>) -> Row {
+fn row(
+    scenario: &str,
+    driver: String,
+    outcome: Outcome,
+    start: Instant,
+    notes: Vec<String>,
+) -> Row {
     Row {
         scenario: scenario.to_string(),
         group: "cross".into(),
@@ -80,17 +86,36 @@ fn same_bytes(want: &[u8], got: &[u8], what: &str) -> Result<()> {
 
 /// Applies the source's canonical tars with this driver, diffs again and
 /// compares bytes and trees.
-async fn canonical(cx: Ctx, base_tar: PathBuf, child_tar: PathBuf, want: Manifest) -> Result<Outcome> {
+async fn canonical(
+    cx: Ctx,
+    base_tar: PathBuf,
+    child_tar: PathBuf,
+    want: Manifest,
+) -> Result<Outcome> {
     cx.create_with("b", None, &CreateOpts::ro()).await?;
     let n = cx.apply_file("b", None, &base_tar).await?;
     let size = cx.diff_size("b", None).await?;
-    ensure!(n == size, "apply of the base tar returned {n}, diff_size is {size}");
-    same_bytes(&fs::read(&base_tar)?, &diff_bytes(&cx, "b", None).await?, "base")?;
+    ensure!(
+        n == size,
+        "apply of the base tar returned {n}, diff_size is {size}"
+    );
+    same_bytes(
+        &fs::read(&base_tar)?,
+        &diff_bytes(&cx, "b", None).await?,
+        "base",
+    )?;
     cx.create_with("c", Some("b"), &CreateOpts::ro()).await?;
     let n = cx.apply_file("c", Some("b"), &child_tar).await?;
     let size = cx.diff_size("c", Some("b")).await?;
-    ensure!(n == size, "apply of the child tar returned {n}, diff_size is {size}");
-    same_bytes(&fs::read(&child_tar)?, &diff_bytes(&cx, "c", Some("b")).await?, "child")?;
+    ensure!(
+        n == size,
+        "apply of the child tar returned {n}, diff_size is {size}"
+    );
+    same_bytes(
+        &fs::read(&child_tar)?,
+        &diff_bytes(&cx, "c", Some("b")).await?,
+        "child",
+    )?;
     let got = cx.manifest("c").await?;
     tree::assert_equal_as(&want, &got, "source layer", "applied here")?;
     Ok(Outcome::Pass)
@@ -114,7 +139,13 @@ pub(crate) async fn run(factories: &[&dyn Factory]) -> Report {
     }
     if !fixtures::is_root() {
         for n in NAMES {
-            report.rows.push(row(n, names.join(","), Outcome::Skip("needs root".into()), Instant::now(), vec![]));
+            report.rows.push(row(
+                n,
+                names.join(","),
+                Outcome::Skip("needs root".into()),
+                Instant::now(),
+                vec![],
+            ));
         }
         return report;
     }
@@ -122,7 +153,13 @@ pub(crate) async fn run(factories: &[&dyn Factory]) -> Report {
         Ok(t) => t,
         Err(e) => {
             for n in NAMES {
-                report.rows.push(row(n, names.join(","), Outcome::Fail(format!("temp dir: {e}")), Instant::now(), vec![]));
+                report.rows.push(row(
+                    n,
+                    names.join(","),
+                    Outcome::Fail(format!("temp dir: {e}")),
+                    Instant::now(),
+                    vec![],
+                ));
             }
             return report;
         }
@@ -155,7 +192,11 @@ pub(crate) async fn run(factories: &[&dyn Factory]) -> Report {
                 vec![],
             ),
             Some(m) => {
-                let (bt, ct, want) = (m.base_tar.clone(), m.child_tar.clone(), m.child_view.clone());
+                let (bt, ct, want) = (
+                    m.base_tar.clone(),
+                    m.child_tar.clone(),
+                    m.child_view.clone(),
+                );
                 run_on_fixture(*f, move |cx| Box::pin(canonical(cx, bt, ct, want))).await
             }
         };
@@ -200,7 +241,10 @@ pub(crate) async fn run(factories: &[&dyn Factory]) -> Report {
             }
             let start = Instant::now();
             let (outcome, notes) = match m {
-                None => (Outcome::Fail(source_failures[s].clone().unwrap_or_default()), vec![]),
+                None => (
+                    Outcome::Fail(source_failures[s].clone().unwrap_or_default()),
+                    vec![],
+                ),
                 Some(m) => {
                     let (tar, want) = (m.flat_tar.clone(), m.child_view.clone());
                     run_on_fixture(*f, move |cx| Box::pin(trees(cx, tar, want))).await

@@ -51,13 +51,24 @@ async fn empty_layer(cx: Ctx) -> Result<Outcome> {
     ensure!(
         m.entries.len() == 1,
         "an empty layer holds entries: {}",
-        m.entries[1..].iter().map(|e| e.display_path()).collect::<Vec<_>>().join(", ")
+        m.entries[1..]
+            .iter()
+            .map(|e| e.display_path())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     // A read-only empty layer too.
     cx.create_with("empty-ro", None, &CreateOpts::ro()).await?;
     let m = cx.manifest("empty-ro").await?;
-    ensure!(m.entries.len() == 1, "an empty read-only layer holds entries");
-    ensure!(m.entries[0].mode == 0o755, "empty read-only layer root mode {:04o}", m.entries[0].mode);
+    ensure!(
+        m.entries.len() == 1,
+        "an empty read-only layer holds entries"
+    );
+    ensure!(
+        m.entries[0].mode == 0o755,
+        "empty read-only layer root mode {:04o}",
+        m.entries[0].mode
+    );
     Ok(Outcome::Pass)
 }
 
@@ -139,14 +150,20 @@ async fn create_twice(cx: Ctx) -> Result<Outcome> {
         |e| matches!(e, Error::AlreadyExists { .. }),
     )?;
     expect_err(
-        d.create(&lid("a")?, Some(&lid("b")?), &CreateOpts::ro()).await,
+        d.create(&lid("a")?, Some(&lid("b")?), &CreateOpts::ro())
+            .await,
         "create a again on another parent",
         "AlreadyExists",
         |e| matches!(e, Error::AlreadyExists { .. }),
     )?;
     cx.expect_view("a", &ops).await?;
     expect_err(
-        d.create(&lid("orphan")?, Some(&lid("no-such-parent")?), &CreateOpts::rw()).await,
+        d.create(
+            &lid("orphan")?,
+            Some(&lid("no-such-parent")?),
+            &CreateOpts::rw(),
+        )
+        .await,
         "create on a missing parent",
         "NotFound",
         |e| matches!(e, Error::NotFound { .. }),
@@ -194,7 +211,9 @@ async fn read_only_mount(cx: Ctx) -> Result<Outcome> {
     cx.unmount("rw").await?;
     match r {
         Err(e) if e.raw_os_error() == Some(libc::EROFS) => Ok(Outcome::Pass),
-        other => anyhow::bail!("writing into a read-only mount of a rw layer: {other:?}, want EROFS"),
+        other => {
+            anyhow::bail!("writing into a read-only mount of a rw layer: {other:?}, want EROFS")
+        }
     }
 }
 
@@ -240,16 +259,27 @@ async fn remove_order(cx: Ctx) -> Result<Outcome> {
         )?;
     }
     for (id, m) in &views {
-        ensure!(d.exists(&lid(id)?).await?, "{id} vanished after a refused remove");
+        ensure!(
+            d.exists(&lid(id)?).await?,
+            "{id} vanished after a refused remove"
+        );
         let now = cx.manifest(id).await?;
         tree::assert_equal_as(m, &now, "before", "after refused removes")
             .with_context(|| format!("layer {id}"))?;
     }
     for id in ["layer-c", "layer-b", "layer-a"] {
-        d.remove(&lid(id)?).await.with_context(|| format!("remove {id}"))?;
-        ensure!(!d.exists(&lid(id)?).await?, "{id} still exists after remove");
+        d.remove(&lid(id)?)
+            .await
+            .with_context(|| format!("remove {id}"))?;
+        ensure!(
+            !d.exists(&lid(id)?).await?,
+            "{id} still exists after remove"
+        );
     }
-    ensure!(d.list().await?.is_empty(), "list not empty after removing all layers");
+    ensure!(
+        d.list().await?.is_empty(),
+        "list not empty after removing all layers"
+    );
     expect_err(
         d.remove(&lid("layer-a")?).await,
         "remove a removed layer",
@@ -257,7 +287,10 @@ async fn remove_order(cx: Ctx) -> Result<Outcome> {
         |e| matches!(e, Error::NotFound { .. }),
     )?;
     let mounts = fixtures::mounts_under(&cx.root)?;
-    ensure!(mounts.is_empty(), "mounts left after removing all layers: {mounts:?}");
+    ensure!(
+        mounts.is_empty(),
+        "mounts left after removing all layers: {mounts:?}"
+    );
     let loops = fixtures::loops_under(&cx.root)?;
     ensure!(
         loops.len() <= loops_before.len(),
@@ -267,7 +300,9 @@ async fn remove_order(cx: Ctx) -> Result<Outcome> {
     let mut leaked = Vec::new();
     for p in after.difference(&before) {
         let abs = cx.root.join(p);
-        let is_dir = fs::symlink_metadata(&abs).map(|m| m.is_dir()).unwrap_or(false);
+        let is_dir = fs::symlink_metadata(&abs)
+            .map(|m| m.is_dir())
+            .unwrap_or(false);
         let names_layer = p
             .components()
             .any(|c| c.as_os_str().as_bytes().starts_with(b"layer-"));
@@ -277,25 +312,35 @@ async fn remove_order(cx: Ctx) -> Result<Outcome> {
             leaked.push(p.display().to_string());
         }
     }
-    ensure!(leaked.is_empty(), "left under the root after removing every layer: {}", leaked.join(", "));
+    ensure!(
+        leaked.is_empty(),
+        "left under the root after removing every layer: {}",
+        leaked.join(", ")
+    );
     Ok(Outcome::Pass)
 }
 
 async fn recreate_removed(cx: Ctx) -> Result<Outcome> {
-    cx.build("x", None, vec![ops::write("old", "old content")]).await?;
+    cx.build("x", None, vec![ops::write("old", "old content")])
+        .await?;
     cx.driver.remove(&lid("x")?).await?;
     cx.create("x", None).await?;
     let m = cx.manifest("x").await?;
     ensure!(
         m.entries.len() == 1,
         "the recreated layer shows old entries: {:?}",
-        m.entries.iter().map(|e| e.display_path()).collect::<Vec<_>>()
+        m.entries
+            .iter()
+            .map(|e| e.display_path())
+            .collect::<Vec<_>>()
     );
     // And recreated on a parent, as a different kind of layer.
-    cx.build("p", None, vec![ops::write("from-parent", "p")]).await?;
+    cx.build("p", None, vec![ops::write("from-parent", "p")])
+        .await?;
     cx.driver.remove(&lid("x")?).await?;
     cx.create_with("x", Some("p"), &CreateOpts::ro()).await?;
-    cx.expect_view("x", &[ops::write("from-parent", "p")]).await?;
+    cx.expect_view("x", &[ops::write("from-parent", "p")])
+        .await?;
     ensure!(
         cx.driver.parent(&lid("x")?).await? == Some(lid("p")?),
         "parent of the recreated layer is not p"
@@ -306,23 +351,47 @@ async fn recreate_removed(cx: Ctx) -> Result<Outcome> {
 async fn mount_refcount(cx: Ctx) -> Result<Outcome> {
     let d = cx.driver.clone();
     let m = lid("m")?;
-    cx.build("m", None, vec![ops::write("f", "mounted")]).await?;
-    ensure!(!d.is_mounted(&m).await?, "is_mounted is true before any mount");
+    cx.build("m", None, vec![ops::write("f", "mounted")])
+        .await?;
+    ensure!(
+        !d.is_mounted(&m).await?,
+        "is_mounted is true before any mount"
+    );
     let p1 = d.mount(&m, &MountOpts::default()).await?;
     let n1 = fixtures::mount_count_at(&p1)?;
     let p2 = d.mount(&m, &MountOpts::default()).await?;
-    ensure!(p1 == p2, "second mount returned {} (first {})", p2.display(), p1.display());
+    ensure!(
+        p1 == p2,
+        "second mount returned {} (first {})",
+        p2.display(),
+        p1.display()
+    );
     let n2 = fixtures::mount_count_at(&p2)?;
-    ensure!(n1 == n2, "second mount stacked another mount on {} ({n1} -> {n2})", p1.display());
+    ensure!(
+        n1 == n2,
+        "second mount stacked another mount on {} ({n1} -> {n2})",
+        p1.display()
+    );
     ensure!(d.is_mounted(&m).await?, "is_mounted is false while mounted");
-    ensure!(fs::read(p2.join("f"))? == b"mounted", "mounted contents wrong");
+    ensure!(
+        fs::read(p2.join("f"))? == b"mounted",
+        "mounted contents wrong"
+    );
     expect_err(d.remove(&m).await, "remove while mounted", "Busy", |e| {
         matches!(e, Error::Busy { .. })
     })?;
-    ensure!(d.exists(&m).await?, "a refused remove (mounted) removed the layer");
-    ensure!(fs::read(p2.join("f"))? == b"mounted", "a refused remove changed the mounted tree");
+    ensure!(
+        d.exists(&m).await?,
+        "a refused remove (mounted) removed the layer"
+    );
+    ensure!(
+        fs::read(p2.join("f"))? == b"mounted",
+        "a refused remove changed the mounted tree"
+    );
     d.unmount(&m).await.context("first unmount")?;
-    d.unmount(&m).await.context("second unmount (must be idempotent)")?;
+    d.unmount(&m)
+        .await
+        .context("second unmount (must be idempotent)")?;
     ensure!(!d.is_mounted(&m).await?, "is_mounted is true after unmount");
     ensure!(
         fixtures::mount_count_at(&p1)? == 0 || n1 == 0,
@@ -340,7 +409,9 @@ async fn mount_refcount(cx: Ctx) -> Result<Outcome> {
     d.mount(&m, &MountOpts::default()).await?;
     d.mount(&lid("n")?, &MountOpts::default()).await?;
     d.cleanup().await.context("first cleanup")?;
-    d.cleanup().await.context("second cleanup (must be idempotent)")?;
+    d.cleanup()
+        .await
+        .context("second cleanup (must be idempotent)")?;
     let left = fixtures::mounts_under(&cx.root)?;
     ensure!(left.is_empty(), "mounts left after cleanup(): {left:?}");
     Ok(Outcome::Pass)
@@ -359,16 +430,31 @@ async fn exists_list(cx: Ctx) -> Result<Outcome> {
     for id in &want {
         ensure!(d.exists(id).await?, "exists({id}) is false");
     }
-    ensure!(!d.exists(&lid("l-d")?).await?, "exists of a never-created id is true");
-    ensure!(d.parent(&lid("l-b")?).await? == Some(lid("l-a")?), "parent(l-b) is not l-a");
-    ensure!(d.parent(&lid("l-a")?).await?.is_none(), "parent(l-a) is not None");
-    expect_err(d.parent(&lid("l-d")?).await, "parent of a missing layer", "NotFound", |e| {
-        matches!(e, Error::NotFound { .. })
-    })?;
+    ensure!(
+        !d.exists(&lid("l-d")?).await?,
+        "exists of a never-created id is true"
+    );
+    ensure!(
+        d.parent(&lid("l-b")?).await? == Some(lid("l-a")?),
+        "parent(l-b) is not l-a"
+    );
+    ensure!(
+        d.parent(&lid("l-a")?).await?.is_none(),
+        "parent(l-a) is not None"
+    );
+    expect_err(
+        d.parent(&lid("l-d")?).await,
+        "parent of a missing layer",
+        "NotFound",
+        |e| matches!(e, Error::NotFound { .. }),
+    )?;
     d.remove(&lid("l-c")?).await?;
     let got = d.list().await?;
     let want = vec![lid("l-0")?, lid("l-a")?, lid("l-b")?];
-    ensure!(got == want, "list after removing l-c: {got:?}, want {want:?}");
+    ensure!(
+        got == want,
+        "list after removing l-c: {got:?}, want {want:?}"
+    );
     ensure!(!d.exists(&lid("l-c")?).await?, "exists(l-c) after remove");
     Ok(Outcome::Pass)
 }
