@@ -29,6 +29,10 @@ pub struct DriverOptions {
     #[cfg(feature = "vfs")]
     #[serde(default)]
     pub vfs: crate::vfs::VfsOptions,
+    /// `[btrfs]`.
+    #[cfg(feature = "btrfs")]
+    #[serde(default)]
+    pub btrfs: crate::btrfs::BtrfsOptions,
 }
 
 /// Whether `name` is a driver strata knows.
@@ -63,6 +67,8 @@ pub fn probe(name: &str, root: &Path) -> Result<()> {
     match name {
         #[cfg(feature = "vfs")]
         "vfs" => crate::vfs::Vfs::probe(root),
+        #[cfg(feature = "btrfs")]
+        "btrfs" => crate::btrfs::Btrfs::probe(root),
         n if is_known(n) => Err(not_built(n)),
         n => Err(unknown(n)),
     }
@@ -79,6 +85,8 @@ pub async fn open(name: &str, root: &Path, options: &DriverOptions) -> Result<Ar
     match name {
         #[cfg(feature = "vfs")]
         "vfs" => crate::vfs::open_driver(root, options.vfs.clone()).await,
+        #[cfg(feature = "btrfs")]
+        "btrfs" => crate::btrfs::open_driver(root, options.btrfs.clone()).await,
         n if is_known(n) => Err(not_built(n)),
         n => Err(unknown(n)),
     }
