@@ -643,3 +643,62 @@ fn options_parse_and_refuse_unknown_keys() {
     let e = serde_json::from_str::<VfsOptions>(r#"{"reflink":true}"#).unwrap_err();
     assert!(e.to_string().contains("reflink"), "{e}");
 }
+
+#[tokio::test]
+async fn concurrent_creates_of_one_id_give_one_layer() -> Result<()> {
+    if !have_root("concurrent_creates_of_one_id_give_one_layer") {
+        return Ok(());
+    }
+    let fx = Fixture::new();
+    let d = fx.open().await?;
+    d.create(&id("p"), None, &CreateOpts::rw()).await?;
+    let m = d.mount(&id("p"), &MountOpts::default()).await?;
+    for i in 0..200 {
+        std::fs::write(m.join(format!("f{i}")), vec![1u8; 4096])?;
+    }
+    d.unmount(&id("p")).await?;
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let d = d.clone();
+        tasks.push(tokio::spawn(async move {
+            d.create(&id("c"), Some(&id("p")), &CreateOpts::rw()).await
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        match t.await? {
+            Ok(()) => ok += 1,
+            Err(Error::AlreadyExists { .. }) => {}
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert_eq!(ok, 1);
+    assert_eq!(d.list().await?, vec![id("c"), id("p")]);
+    assert_eq!(names_in(&fx.home().join("dir/c")).len(), 200);
+    let tmp = names_in(&fx.home().join("tmp"));
+    assert!(tmp.iter().all(|n| n.ends_with(".lock")), "{tmp:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn remove_refuses_a_layer_with_a_mount_inside() -> Result<()> {
+    if !have_root("remove_refuses_a_layer_with_a_mount_inside") {
+        return Ok(());
+    }
+    let fx = Fixture::new();
+    let d = fx.open().await?;
+    d.create(&id("l"), None, &CreateOpts::rw()).await?;
+    let inside = fx.home().join("dir/l/sub");
+    std::fs::create_dir(&inside)?;
+    let other = fx.root.join("other");
+    std::fs::create_dir(&other)?;
+    std::fs::write(other.join("precious"), b"x")?;
+    mounts::bind(&other, &inside, &Default::default())?;
+    let e = d.remove(&id("l")).await.unwrap_err();
+    assert!(matches!(e, Error::Busy { .. }), "{e}");
+    assert!(d.exists(&id("l")).await?);
+    mounts::unmount(&inside)?;
+    d.remove(&id("l")).await?;
+    assert!(other.join("precious").exists());
+    Ok(())
+}
