@@ -314,11 +314,17 @@ pub(crate) struct Swept {
 }
 
 /// Deletes leftovers: `tmp/` entries of dead instances, `tmp/` entries of
-/// this instance (`owner`) not named in `in_use`, and trees in `dir/` that
+/// this instance (`owner`) for which `in_use(name)` is false (asked at the
+/// time each entry is looked at, so operations that start during the sweep
+/// are safe as long as they register a name before creating it), and trees in `dir/` that
 /// have neither a record nor a live `creating` marker. Entries whose names
 /// this driver does not write and hidden names (probes) are left alone.
 /// All are tried; the first error is returned.
-pub(crate) fn sweep(layout: &Layout, owner: &Owner, in_use: &HashSet<String>) -> Result<Swept> {
+pub(crate) fn sweep(
+    layout: &Layout,
+    owner: &Owner,
+    in_use: &dyn Fn(&str) -> bool,
+) -> Result<Swept> {
     let tmp = layout.tmp();
     let mut swept = Swept::default();
     let mut first_err: Option<Error> = None;
@@ -361,8 +367,7 @@ pub(crate) fn sweep(layout: &Layout, owner: &Owner, in_use: &HashSet<String>) ->
             None if !live => dead_locks.push(path),
             None => {}
             Some((kind, id)) => {
-                let ours_in_use =
-                    token == owner.token && in_use.contains(name.to_str().unwrap_or_default());
+                let ours_in_use = token == owner.token && in_use(name.to_str().unwrap_or_default());
                 let keep = if token == owner.token {
                     ours_in_use
                 } else {

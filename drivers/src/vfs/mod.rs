@@ -226,7 +226,7 @@ impl Vfs {
             });
         }
         let owner = Owner::take(&layout.tmp())?;
-        let swept = layout::sweep(&layout, &owner, &HashSet::new())?;
+        let swept = layout::sweep(&layout, &owner, &|_| false)?;
         tracing::debug!(home = %layout.home.display(), %backing_fs, reflink, ?swept, "vfs opened");
         Ok(Vfs {
             inner: Arc::new(Inner {
@@ -556,7 +556,7 @@ impl Inner {
                 first_err.get_or_insert(Error::io("read_dir", l.mnts(), e));
             }
         }
-        let in_use = lock(&self.state).tmp_in_use.clone();
+        let in_use = |name: &str| lock(&self.state).tmp_in_use.contains(name);
         if let Err(e) = layout::sweep(l, &self.owner, &in_use) {
             first_err.get_or_insert(e);
         }
