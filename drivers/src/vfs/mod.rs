@@ -1,7 +1,7 @@
 //! VFS driver: each layer a complete copy of its parent's tree.
 //!
 //! A child is made by copying the parent's directory with
-//! [`copy_tree`](strata_driver_api::copy::copy_tree): file data is cloned
+//! [`copy_tree`]: file data is cloned
 //! with `FICLONE` where the backing filesystem shares blocks (btrfs, xfs
 //! with `reflink=1`), so children cost little there; elsewhere every file is
 //! copied. Mounting is a bind mount of the layer's directory; diffs come
