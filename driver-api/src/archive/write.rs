@@ -1,6 +1,5 @@
 //! The canonical layer-tar writer.
 
-use std::os::unix::ffi::OsStrExt;
 use super::format::{off, pax_record, pax_time, put_octal, set_checksum, BLOCK};
 use super::{Item, OPAQUE, WH_PREFIX};
 use crate::{Change, ChangeKind, Error, IoContext, Result};
