@@ -27,8 +27,11 @@
 //!   without metadata and pending qgroups.
 //! - `mount` bind-mounts the subvolume at `mnt/<id>` (read-only bind for
 //!   read-only layers), so unmount and cleanup work as for other drivers;
-//!   unmount detaches (`MNT_DETACH`). [`MountOpts::options`] are not used:
-//!   a bind mount takes no filesystem options.
+//!   unmount detaches (`MNT_DETACH`) and removes the mount point.
+//!   [`MountOpts::options`] are the bind mount's (`ro`, `nosuid`, `nodev`,
+//!   `noexec`...); filesystem options are refused (see
+//!   [`crate::mounts::BindOptions::with_options`]). [`Driver::mount_spec`]
+//!   passes them through to the `btrfs` mount unchecked.
 //! - Sizes are qgroup limits on the layer's exclusive bytes: see [`quota`].
 //! - Diffs are the naive differ's; a snapshot keeps its parent's inode
 //!   numbers and ctimes, so the differ's inode shortcut skips unchanged
@@ -37,15 +40,17 @@
 //! libbtrfsutil (through the `btrfsutil` crate) does the subvolume work;
 //! the quota ioctls it lacks are in a small unsafe module (`sys`).
 
-mod mounts;
 pub mod quota;
 mod subvol;
 mod sys;
 
+use crate::mounts::{self, BindOptions};
+use crate::{fstype, fsutil, mountinfo};
 use async_trait::async_trait;
-use std::os::unix::fs::PermissionsExt;
+use std::collections::HashSet;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use strata_driver_api::{
     archive, join_error, Capabilities, CreateOpts, Driver, Error, IoContext, LayerId, MountOpts,
@@ -80,6 +85,34 @@ struct Inner {
     opts: BtrfsOptions,
     /// Serialises turning quotas on.
     quota_lock: Mutex<()>,
+    /// Serialises mount and unmount (the mount table check and the mount).
+    mount_lock: Mutex<()>,
+    /// Names in `tmp/` and `trash/` that a create or remove of this process
+    /// is using now: the sweep leaves them alone.
+    in_use: Mutex<HashSet<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Marks a name in `tmp/` or `trash/` as in use while it lives.
+struct InUse<'a> {
+    set: &'a Mutex<HashSet<String>>,
+    name: String,
+}
+
+impl<'a> InUse<'a> {
+    fn new(set: &'a Mutex<HashSet<String>>, name: String) -> Self {
+        lock(set).insert(name.clone());
+        InUse { set, name }
+    }
+}
+
+impl Drop for InUse<'_> {
+    fn drop(&mut self) {
+        lock(self.set).remove(&self.name);
+    }
 }
 
 /// What `meta/<id>` holds.
@@ -125,40 +158,6 @@ impl Meta {
     }
 }
 
-/// The name of a filesystem from its `statfs` magic, for messages.
-fn fs_name(magic: u64) -> String {
-    let name = match magic {
-        0x9123_683E => "btrfs",
-        0xEF53 => "ext2/ext3/ext4",
-        0x0102_1994 => "tmpfs",
-        0x5846_5342 => "xfs",
-        0x794C_7630 => "overlayfs",
-        0x6573_5546 => "fuse",
-        0x2FC1_2FC1 => "zfs",
-        0x6969 => "nfs",
-        0x9FA0 => "proc",
-        0x6265_6572 => "sysfs",
-        0x0000_4d44 => "vfat",
-        0x7366_746E => "ntfs",
-        0xF2F5_2010 => "f2fs",
-        0x2468_4E0A => "aufs",
-        _ => return format!("filesystem with statfs magic {magic:#x}"),
-    };
-    name.to_string()
-}
-
-/// `path`, or its nearest existing ancestor.
-fn existing_ancestor(path: &Path) -> PathBuf {
-    let mut p = path.to_path_buf();
-    while std::fs::symlink_metadata(&p).is_err() {
-        match p.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => p = parent.to_path_buf(),
-            _ => return PathBuf::from("."),
-        }
-    }
-    p
-}
-
 impl Btrfs {
     /// Whether the btrfs driver works on `root`: `root` (or its nearest
     /// existing ancestor) must be on btrfs. Read-only, creates nothing.
@@ -167,16 +166,18 @@ impl Btrfs {
     /// [`Error::Unsupported`] naming the filesystem found; [`Error::Io`]
     /// when `statfs` fails.
     pub fn probe(root: &Path) -> Result<()> {
-        let at = existing_ancestor(root);
-        let st = nix::sys::statfs::statfs(&at).ctx("statfs", &at)?;
-        #[allow(clippy::unnecessary_cast)] // the field's type differs by libc
-        let magic = st.filesystem_type().0 as u64 & 0xFFFF_FFFF;
+        let at = fstype::nearest_existing(root);
+        let magic = fstype::magic(&at)?;
         if magic == BTRFS_SUPER_MAGIC {
             Ok(())
         } else {
             Err(Error::Unsupported {
                 driver: NAME.into(),
-                why: format!("{} is on {}, not on btrfs", at.display(), fs_name(magic)),
+                why: format!(
+                    "{} is on {}, not on btrfs",
+                    at.display(),
+                    fstype::name(&at)?
+                ),
             })
         }
     }
@@ -211,6 +212,8 @@ impl Btrfs {
                 home,
                 opts,
                 quota_lock: Mutex::new(()),
+                mount_lock: Mutex::new(()),
+                in_use: Mutex::new(HashSet::new()),
             };
             inner.sweep()?;
             Ok(Btrfs {
@@ -324,7 +327,12 @@ impl Inner {
         for d in ["tmp", "trash"] {
             let dir = self.home.join(d);
             for e in std::fs::read_dir(&dir).ctx("read dir", &dir)? {
-                let p = e.ctx("read dir", &dir)?.path();
+                let e = e.ctx("read dir", &dir)?;
+                let key = format!("{d}/{}", e.file_name().to_string_lossy());
+                if lock(&self.in_use).contains(&key) {
+                    continue;
+                }
+                let p = e.path();
                 let md = std::fs::symlink_metadata(&p).ctx("stat", &p)?;
                 if md.is_dir() {
                     tracing::info!(path = %p.display(), "removing leftover");
@@ -379,7 +387,7 @@ impl Inner {
                     why: format!("below the btrfs minimum of {min} bytes ([btrfs] min_space)"),
                 });
             }
-            let _guard = self.quota_lock.lock().unwrap_or_else(|e| e.into_inner());
+            let _guard = lock(&self.quota_lock);
             quota::ensure_enabled(&self.home)?;
         }
         // A subvolume without metadata under this id is a leftover.
@@ -387,6 +395,8 @@ impl Inner {
         if std::fs::symlink_metadata(&dest).is_ok() {
             self.delete_subvolume(&dest, Duration::ZERO)?;
         }
+        let _staged = InUse::new(&self.in_use, format!("tmp/subvol-{id}"));
+        let _meta = InUse::new(&self.in_use, format!("tmp/meta-{id}"));
         let stage = self.home.join("tmp").join(format!("subvol-{id}"));
         self.delete_subvolume(&stage, Duration::ZERO)?;
         let made = self.create_staged(id, parent, opts, &stage, &dest);
@@ -438,20 +448,13 @@ impl Inner {
             read_only: opts.read_only,
         };
         let tmp = self.home.join("tmp").join(format!("meta-{id}"));
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp).ctx("create", &tmp)?;
-            f.write_all(meta.encode().as_bytes()).ctx("write", &tmp)?;
-            f.sync_all().ctx("fsync", &tmp)?;
-        }
-        let mp = self.meta_path(id.as_str());
-        std::fs::rename(&tmp, &mp).ctx("rename", &mp)
+        fsutil::write_atomic(&self.meta_path(id.as_str()), meta.encode().as_bytes(), &tmp)
     }
 
     fn remove(&self, id: &LayerId) -> Result<()> {
         self.meta(id)?;
         let mnt = self.mnt(id);
-        if mounts::is_mount_point(&mnt)? {
+        if mountinfo::is_mount_point(&mnt)? {
             return Err(Error::Busy {
                 id: id.to_string(),
                 why: format!("mounted at {}", mnt.display()),
@@ -477,6 +480,8 @@ impl Inner {
         }
         let mp = self.meta_path(id.as_str());
         ignore_missing(std::fs::remove_file(&mp), "remove", &mp)?;
+        fsutil::fsync_dir(&self.home.join("meta"))?;
+        let _trash = InUse::new(&self.in_use, format!("trash/{id}"));
         let trash = self.home.join("trash").join(id.as_str());
         self.delete_subvolume(&trash, Duration::ZERO)?;
         if present {
@@ -493,36 +498,48 @@ impl Inner {
     }
 
     fn mount(&self, id: &LayerId, opts: &MountOpts) -> Result<PathBuf> {
+        let _m = lock(&self.mount_lock);
         let meta = self.meta(id)?;
+        let mut bind = BindOptions::default().with_options(&opts.options)?;
+        bind.read_only |= meta.read_only || opts.read_only;
         let target = self.mnt(id);
-        std::fs::create_dir_all(&target).ctx("create dir", &target)?;
-        if mounts::is_mount_point(&target)? {
+        if mountinfo::is_mount_point(&target)? {
             return Ok(target);
         }
-        mounts::bind(&self.subvol(id), &target, meta.read_only || opts.read_only)?;
+        match std::fs::DirBuilder::new().mode(0o755).create(&target) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(Error::io("mkdir", target, e))
+            }
+            _ => {}
+        }
+        if let Err(e) = mounts::bind(&self.subvol(id), &target, &bind) {
+            let _ = std::fs::remove_dir(&target);
+            return Err(e);
+        }
         Ok(target)
     }
 
     fn unmount(&self, id: &LayerId) -> Result<()> {
+        let _m = lock(&self.mount_lock);
         self.meta(id)?;
         let target = self.mnt(id);
-        // Stacked mounts (two racing mounters) are all taken off.
-        for _ in 0..16 {
-            if !mounts::is_mount_point(&target)? {
-                return Ok(());
+        mounts::unmount(&target)?;
+        match std::fs::remove_dir(&target) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(error = %e, %id, "btrfs unmount: removing the mount point")
             }
-            mounts::detach(&target)?;
+            _ => {}
         }
-        Err(Error::Busy {
-            id: id.to_string(),
-            why: format!("{} stays mounted after 16 unmounts", target.display()),
-        })
+        Ok(())
     }
 
     fn mount_spec(&self, id: &LayerId, opts: &MountOpts) -> Result<Vec<MountSpec>> {
         let meta = self.meta(id)?;
         let path = self.subvol(id);
-        let m = mounts::containing(&path)?;
+        let m = mountinfo::mount_of(&path)?.ok_or_else(|| Error::Driver {
+            driver: NAME.into(),
+            msg: format!("no mount holds {}", path.display()),
+        })?;
         if m.fs_type != NAME {
             return Err(Error::Driver {
                 driver: NAME.into(),
@@ -582,7 +599,9 @@ impl Inner {
     }
 
     fn status(&self) -> Result<Status> {
-        let m = mounts::containing(&self.home)?;
+        let device = mountinfo::mount_of(&self.home)?
+            .map(|m| m.source.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let quota = if quota::enabled(&self.home)? {
             "on"
         } else {
@@ -590,20 +609,33 @@ impl Inner {
         };
         Ok(vec![
             ("root".into(), self.home.display().to_string()),
-            ("backing device".into(), m.source),
+            ("backing device".into(), device),
             ("quota".into(), quota.into()),
             ("layers".into(), self.list()?.len().to_string()),
         ])
     }
 
     fn cleanup(&self) -> Result<()> {
-        let mnt = self.home.join("mnt");
         let mut first: Option<Error> = None;
-        let table = mounts::table()?;
-        for m in table.iter().rev() {
-            if m.mount_point.starts_with(&mnt) && m.mount_point != mnt {
-                if let Err(e) = mounts::detach(&m.mount_point) {
-                    first.get_or_insert(e);
+        {
+            let _m = lock(&self.mount_lock);
+            let mnt = self.home.join("mnt");
+            if let Err(e) = mounts::unmount_under(&mnt) {
+                first.get_or_insert(e);
+            }
+            match std::fs::read_dir(&mnt) {
+                Ok(entries) => {
+                    for p in entries.flatten().map(|e| e.path()) {
+                        match std::fs::remove_dir(&p) {
+                            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                                tracing::warn!(error = %e, path = %p.display(), "btrfs cleanup: mount point")
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                Err(e) => {
+                    first.get_or_insert(Error::io("read dir", mnt, e));
                 }
             }
         }
@@ -683,7 +715,7 @@ impl Driver for Btrfs {
         let id = id.clone();
         self.run(move |i| {
             i.meta(&id)?;
-            mounts::is_mount_point(&i.mnt(&id))
+            mountinfo::is_mount_point(&i.mnt(&id))
         })
         .await
     }
@@ -746,11 +778,5 @@ mod tests {
         let s = e.to_string();
         assert!(matches!(e, Error::Unsupported { .. }), "{s}");
         assert!(s.contains("proc"), "{s}");
-    }
-
-    #[test]
-    fn fs_names() {
-        assert_eq!(fs_name(0x0102_1994), "tmpfs");
-        assert!(fs_name(0x1234).contains("0x1234"));
     }
 }

@@ -121,7 +121,7 @@ pub fn delete_tree(path: &Path) -> Result<Vec<u64>> {
         return Ok(Vec::new());
     }
     if !is_subvolume(path) {
-        std::fs::remove_dir_all(path).ctx("remove", path)?;
+        crate::fsutil::remove_tree(path)?;
         return Ok(Vec::new());
     }
     // Clear read-only everywhere first: deleting a subvolume removes its
