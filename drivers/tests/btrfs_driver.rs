@@ -34,6 +34,15 @@ fn missing_condition() -> Option<String> {
             return Some("no btrfs in the kernel".into());
         }
     }
+    if !Path::new("/dev/loop-control").exists()
+        && Command::new("modprobe")
+            .arg("loop")
+            .status()
+            .map(|s| !s.success())
+            .unwrap_or(true)
+    {
+        return Some("no loop devices (/dev/loop-control)".into());
+    }
     for tool in ["mkfs.btrfs", "losetup", "btrfs"] {
         let found = std::env::var_os("PATH")
             .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))

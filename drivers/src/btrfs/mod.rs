@@ -32,7 +32,12 @@
 //!   `noexec`...); filesystem options are refused (see
 //!   [`crate::mounts::BindOptions::with_options`]). [`Driver::mount_spec`]
 //!   passes them through to the `btrfs` mount unchecked.
-//! - Sizes are qgroup limits on the layer's exclusive bytes: see [`quota`].
+//! - Sizes are qgroup limits on the layer's *exclusive* bytes (its own
+//!   data: what it shares with its parent does not count), so writing past
+//!   `--size` fails with `EDQUOT`. Quotas are switched on for the
+//!   filesystem the first time a size is asked for, never switched off; a
+//!   snapshot's inherited limit is cleared when the child asks for none.
+//!   `[btrfs] min_space` refuses smaller sizes. Details in `quota.rs`.
 //! - Diffs are the naive differ's; a snapshot keeps its parent's inode
 //!   numbers and ctimes, so the differ's inode shortcut skips unchanged
 //!   entries without reading them.
@@ -40,7 +45,7 @@
 //! libbtrfsutil (through the `btrfsutil` crate) does the subvolume work;
 //! the quota ioctls it lacks are in a small unsafe module (`sys`).
 
-pub mod quota;
+mod quota;
 mod subvol;
 mod sys;
 

@@ -23,7 +23,7 @@ use super::sys;
 use nix::errno::Errno;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use strata_driver_api::{Error, Result};
+use strata_driver_api::Result;
 
 /// How long a layer's removal lets [`destroy`] wait for the kernel to finish
 /// dropping a deleted subvolume before leaving the qgroup to a later sweep.
@@ -107,31 +107,4 @@ pub fn destroy(path: &Path, ids: &[u64], wait: Duration) -> Result<Vec<u64>> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// The level-0 qgroups of the filesystem holding `path` (subvolume ids), as
-/// sysfs lists them; empty when quotas are off.
-///
-/// # Errors
-/// [`Error::Io`] from reading sysfs.
-pub fn list(path: &Path) -> Result<Vec<u64>> {
-    let dir = Path::new("/sys/fs/btrfs")
-        .join(sys::fsid(path)?)
-        .join("qgroups");
-    let rd = match std::fs::read_dir(&dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io("read dir", dir, e)),
-    };
-    let mut ids = Vec::new();
-    for e in rd {
-        let e = e.map_err(|err| Error::io("read dir", &dir, err))?;
-        if let Some(n) = e.file_name().to_str().and_then(|n| n.strip_prefix("0_")) {
-            if let Ok(id) = n.parse() {
-                ids.push(id);
-            }
-        }
-    }
-    ids.sort_unstable();
-    Ok(ids)
 }
