@@ -7,7 +7,7 @@
 # It exits non-zero at the first failing step and cleans up in every case.
 set -eu
 
-dir=$(mktemp -d /tmp/dm-smoke.XXXXXX)
+dir=$(mktemp -d "${TMPDIR:-/tmp}/dm-smoke.XXXXXX")
 pool=strata-smoke-pool
 thin=strata-smoke-thin
 snap=strata-smoke-snap
