@@ -34,7 +34,10 @@ fn random_id() -> LayerId {
 }
 
 /// Opens `file` (`None` or `-`: stdin) as a tar source with a progress bar.
-fn tar_source(file: Option<&Path>, msg: &'static str) -> Result<(TarSource, indicatif::ProgressBar)> {
+fn tar_source(
+    file: Option<&Path>,
+    msg: &'static str,
+) -> Result<(TarSource, indicatif::ProgressBar)> {
     match file {
         None => stdin_source(msg),
         Some(p) if p == Path::new("-") => stdin_source(msg),
@@ -200,7 +203,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                         ]
                     })
                     .collect();
-                print_table(&["ID", "PARENT", "STATE", "SIZE", "DIGEST", "MOUNTS"], &rows);
+                print_table(
+                    &["ID", "PARENT", "STATE", "SIZE", "DIGEST", "MOUNTS"],
+                    &rows,
+                );
             }
         }
         Cmd::Fsck { repair, verify } => {
@@ -280,7 +286,10 @@ async fn info(store: &Store, cfg: &Config, json: bool) -> Result<()> {
     let sel = store.selection();
     let layers = store.list()?.len();
     if json {
-        let status: Vec<_> = status.iter().map(|(k, v)| json!({"key": k, "value": v})).collect();
+        let status: Vec<_> = status
+            .iter()
+            .map(|(k, v)| json!({"key": k, "value": v}))
+            .collect();
         return print_json(&json!({
             "driver": driver.name(),
             "root": store.root(),

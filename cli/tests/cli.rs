@@ -55,7 +55,10 @@ fn import_plain_and_gzip_then_mount_shows_files() {
     let mut lines = out.lines();
     assert_eq!(lines.next(), Some("plain"));
     let digest = lines.next().unwrap();
-    assert!(digest.starts_with("sha256:") && digest.len() == 71, "{digest}");
+    assert!(
+        digest.starts_with("sha256:") && digest.len() == 71,
+        "{digest}"
+    );
     let l = r.layer("plain").unwrap();
     assert_eq!(l["digest"], digest);
     assert_eq!(l["size"], 12);
@@ -80,7 +83,14 @@ fn import_plain_and_gzip_then_mount_shows_files() {
     std::fs::write(src2.join("d"), "dee").unwrap();
     let t2 = r.path("l2.tar");
     make_tar(&src2, &["d"], &t2, false);
-    r.ok(&["import", "--parent", "plain", "--id", "child", t2.to_str().unwrap()]);
+    r.ok(&[
+        "import",
+        "--parent",
+        "plain",
+        "--id",
+        "child",
+        t2.to_str().unwrap(),
+    ]);
     let path = r.ok(&["mount", "child"]);
     let path = std::path::Path::new(path.trim());
     assert_eq!(std::fs::read_to_string(path.join("a")).unwrap(), "hello");
@@ -99,8 +109,16 @@ fn mount_twice_from_two_processes() {
     }
     let r = Root::new();
     r.ok(&["create", "--rw", "l"]);
-    let a = r.cmd(&["mount", "l"]).stdout(Stdio::piped()).spawn().unwrap();
-    let b = r.cmd(&["mount", "l"]).stdout(Stdio::piped()).spawn().unwrap();
+    let a = r
+        .cmd(&["mount", "l"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let b = r
+        .cmd(&["mount", "l"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     let pa = a.wait_with_output().unwrap();
     let pb = b.wait_with_output().unwrap();
     assert!(pa.status.success() && pb.status.success());
@@ -167,16 +185,14 @@ fn changes_and_diff_size() {
     for want in ["D /a", "C /b", "A /d"] {
         assert!(lines.contains(&want), "{want} missing in {out}");
     }
-    let j: serde_json::Value = serde_json::from_str(&r.ok(&["--json", "changes", "child"])).unwrap();
+    let j: serde_json::Value =
+        serde_json::from_str(&r.ok(&["--json", "changes", "child"])).unwrap();
     assert_eq!(j.as_array().unwrap().len(), lines.len());
     assert_eq!(r.ok(&["diff-size", "child"]).trim(), "10");
     // Against the empty tree... there is no such flag; against base's own
     // parent (none) base is all added.
     assert_eq!(r.ok(&["diff-size", "base"]).trim(), "12");
-    assert_eq!(
-        r.ok(&["diff-size", "--parent", "base", "base"]).trim(),
-        "0"
-    );
+    assert_eq!(r.ok(&["diff-size", "--parent", "base", "base"]).trim(), "0");
     let j: serde_json::Value =
         serde_json::from_str(&r.ok(&["--json", "diff-size", "child"])).unwrap();
     assert_eq!(j["size"], 10);
@@ -210,7 +226,14 @@ fn diff_apply_round_trip() {
     assert_eq!(r.layer("copy").unwrap()["digest"], d1.as_str());
     // Import of the canonical tar gives the same digest, and apply refuses
     // a mounted layer.
-    r.ok(&["import", "--parent", "base", "--id", "imp", t1.to_str().unwrap()]);
+    r.ok(&[
+        "import",
+        "--parent",
+        "base",
+        "--id",
+        "imp",
+        t1.to_str().unwrap(),
+    ]);
     assert_eq!(r.layer("imp").unwrap()["digest"], d1.as_str());
     r.ok(&["mount", "copy"]);
     let err = r.fails(&["apply", "copy", t1.to_str().unwrap()], 1);
@@ -262,9 +285,16 @@ fn bad_ids() {
         &["apply", "nope", "/dev/null"],
     ] {
         let err = r.fails(cmd, 1);
-        assert!(err.contains("nope") && err.contains("not found"), "{cmd:?}: {err}");
+        assert!(
+            err.contains("nope") && err.contains("not found"),
+            "{cmd:?}: {err}"
+        );
     }
-    let o = r.cmd(&["diff", "nope"]).stdout(Stdio::piped()).output().unwrap();
+    let o = r
+        .cmd(&["diff", "nope"])
+        .stdout(Stdio::piped())
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(1));
     for bad in ["a/b", "..", "", "a b"] {
         assert_eq!(r.run(&["mount", bad]).status.code(), Some(2), "{bad:?}");
@@ -322,7 +352,13 @@ fn info_and_check_driver_lines() {
     }
     let r = Root::new();
     let out = r.ok(&["info"]);
-    for key in ["driver: vfs", "root: ", "backing filesystem: ", "capabilities: ", "not picked overlay: "] {
+    for key in [
+        "driver: vfs",
+        "root: ",
+        "backing filesystem: ",
+        "capabilities: ",
+        "not picked overlay: ",
+    ] {
         assert!(out.contains(key), "{key} missing in {out}");
     }
     let v: serde_json::Value = serde_json::from_str(&r.ok(&["--json", "info"])).unwrap();

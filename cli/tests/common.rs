@@ -34,10 +34,19 @@ pub struct Root {
     pub config: PathBuf,
 }
 
+impl Default for Root {
+    fn default() -> Self {
+        Root::new()
+    }
+}
+
 impl Root {
     /// A fresh scratch directory.
     pub fn new() -> Root {
-        let dir = tempfile::Builder::new().prefix("strata-cli-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("strata-cli-")
+            .tempdir()
+            .unwrap();
         let root = dir.path().join("root");
         let config = dir.path().join("strata.toml");
         std::fs::write(&config, "").unwrap();
@@ -173,10 +182,19 @@ pub fn sha256_file(p: &Path) -> String {
 /// command; `gzip` adds `-z`.
 pub fn make_tar(src: &Path, entries: &[&str], out: &Path, gzip: bool) {
     let mut c = Command::new("tar");
-    c.arg("--format=pax").arg("--numeric-owner").arg("-C").arg(src);
-    c.arg(if gzip { "-czf" } else { "-cf" }).arg(out).args(entries);
+    c.arg("--format=pax")
+        .arg("--numeric-owner")
+        .arg("-C")
+        .arg(src);
+    c.arg(if gzip { "-czf" } else { "-cf" })
+        .arg(out)
+        .args(entries);
     let o = c.output().expect("the tar command");
-    assert!(o.status.success(), "tar: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "tar: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 /// A small tree: `a` (5 bytes), `b` (3 bytes), `dir/c` (4 bytes).

@@ -37,5 +37,9 @@ fn eight_processes_loop_on_one_root() {
     assert_eq!(ls[0]["id"], "shared");
     assert_eq!(ls[0]["mount_count"], 0);
     r.fsck_clean();
-    assert!(mounts_under(&r.root).is_empty(), "{:?}", mounts_under(&r.root));
+    assert!(
+        mounts_under(&r.root).is_empty(),
+        "{:?}",
+        mounts_under(&r.root)
+    );
 }

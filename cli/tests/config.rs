@@ -67,7 +67,10 @@ fn bad_driver_name_in_file_env_and_flag() {
     let err = one_line_error(
         strata(&["--config", empty.to_str().unwrap(), "ls"]).env("STRATA_DRIVER", "zfs"),
     );
-    assert!(err.contains("$STRATA_DRIVER") && err.contains("zfs"), "{err}");
+    assert!(
+        err.contains("$STRATA_DRIVER") && err.contains("zfs"),
+        "{err}"
+    );
     let err = one_line_error(&mut strata(&[
         "--config",
         empty.to_str().unwrap(),
@@ -110,7 +113,10 @@ fn precedence_flag_env_file() {
     let cfg = r.path("s.toml");
     std::fs::write(
         &cfg,
-        format!("root = {:?}\ndriver = \"vfs\"\n", file_root.to_str().unwrap()),
+        format!(
+            "root = {:?}\ndriver = \"vfs\"\n",
+            file_root.to_str().unwrap()
+        ),
     )
     .unwrap();
     let info = |c: &mut Command| -> serde_json::Value {
@@ -192,5 +198,8 @@ fn root_keeps_its_driver() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["driver"], "vfs");
-    assert!(v["selected_because"].as_str().unwrap().contains("already"), "{v}");
+    assert!(
+        v["selected_because"].as_str().unwrap().contains("already"),
+        "{v}"
+    );
 }

@@ -43,7 +43,10 @@ fn complete_or_absent(r: &Root, id: &str, expect_present: Option<bool>) {
 }
 
 fn crash_at(r: &Root, step: &str, args: &[&str]) -> std::process::Output {
-    r.cmd(args).env("STRATA_TEST_CRASH_AT", step).output().unwrap()
+    r.cmd(args)
+        .env("STRATA_TEST_CRASH_AT", step)
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -65,7 +68,18 @@ fn import_killed_at_every_step() {
     ];
     for (i, (step, present)) in steps.iter().enumerate() {
         let id = format!("k{i}");
-        let o = crash_at(&r, step, &["import", "--parent", "base", "--id", &id, t.to_str().unwrap()]);
+        let o = crash_at(
+            &r,
+            step,
+            &[
+                "import",
+                "--parent",
+                "base",
+                "--id",
+                &id,
+                t.to_str().unwrap(),
+            ],
+        );
         assert_eq!(o.status.signal(), Some(9), "{step}: not killed: {o:?}");
         complete_or_absent(&r, &id, Some(*present));
     }
@@ -77,9 +91,13 @@ fn create_and_rm_killed() {
         return;
     }
     let r = Root::new();
-    for (i, step) in ["create:after-record", "create:after-driver", "create:before-ready"]
-        .iter()
-        .enumerate()
+    for (i, step) in [
+        "create:after-record",
+        "create:after-driver",
+        "create:before-ready",
+    ]
+    .iter()
+    .enumerate()
     {
         let id = format!("c{i}");
         let o = crash_at(&r, step, &["create", &id]);
