@@ -337,7 +337,8 @@ fn bad_tar_leaves_no_layer() {
     assert!(r.ls().is_empty(), "{:?}", r.ls());
     let vfs = r.root.join("vfs");
     for id in ["bad", "cut", "hostile"] {
-        assert!(!vfs.join(id).exists(), "{id} left data");
+        assert!(!vfs.join("dir").join(id).exists(), "{id} left data");
+        assert!(!vfs.join("meta").join(id).exists(), "{id} left data");
     }
     assert!(!r.dir.path().join("escape-big").exists());
     r.fsck_clean();

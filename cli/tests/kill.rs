@@ -5,7 +5,6 @@
 mod common;
 use common::*;
 use std::os::unix::process::ExitStatusExt;
-use std::time::Duration;
 
 /// A tar of a few hundred files, big enough that a kill can land mid-apply.
 fn big_tar(r: &Root, name: &str, files: usize, size: usize) -> std::path::PathBuf {
@@ -27,9 +26,13 @@ fn complete_or_absent(r: &Root, id: &str, expect_present: Option<bool>) {
     if let Some(want) = expect_present {
         assert_eq!(layer.is_some(), want, "{id}: {layer:?}");
     }
-    let vfs_dir = r.root.join("vfs").join(id);
+    // The vfs layout: `dir/<id>` the tree, `meta/<id>` the record.
+    let vfs = r.root.join("vfs");
     match layer {
-        None => assert!(!vfs_dir.exists(), "{id}: data left without a layer"),
+        None => {
+            assert!(!vfs.join("dir").join(id).exists(), "{id}: tree left");
+            assert!(!vfs.join("meta").join(id).exists(), "{id}: meta left");
+        }
         Some(l) => {
             assert_eq!(l["state"], "ready", "{l}");
             let out = r.path(&format!("{id}.check.tar"));
@@ -155,5 +158,4 @@ fn import_killed_at_random_moments() {
         let _ = child.wait();
         complete_or_absent(&r, &id, None);
     }
-    let _ = Duration::ZERO;
 }
