@@ -149,6 +149,23 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// The error and its causes on one line, each cause only if the text so
+/// far does not already say it (library errors often print their source).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if msg.contains(&text) {
+            continue;
+        }
+        if !msg.is_empty() {
+            msg.push_str(": ");
+        }
+        msg.push_str(&text);
+    }
+    msg.replace('\n', " ")
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if cli.driver.len() > 1 && !matches!(cli.cmd, Cmd::Check { .. }) {
@@ -180,8 +197,7 @@ fn main() -> ExitCode {
     match rt.block_on(commands::run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            let msg = format!("{e:#}").replace('\n', " ");
-            eprintln!("strata: {msg}");
+            eprintln!("strata: {}", one_line(&e));
             ExitCode::from(1)
         }
     }

@@ -21,8 +21,9 @@ fn big_tar(r: &Root, name: &str, files: usize, size: usize) -> std::path::PathBu
 
 /// After a crash: `id` is either absent, or ready with the digest of a
 /// fresh diff; and fsck is clean.
-fn complete_or_absent(r: &Root, id: &str, expect_present: Option<bool>) {
+fn complete_or_absent(r: &Root, id: &str, expect_present: Option<bool>) -> bool {
     let layer = r.layer(id);
+    let present = layer.is_some();
     if let Some(want) = expect_present {
         assert_eq!(layer.is_some(), want, "{id}: {layer:?}");
     }
@@ -43,6 +44,7 @@ fn complete_or_absent(r: &Root, id: &str, expect_present: Option<bool>) {
         }
     }
     r.fsck_clean();
+    present
 }
 
 fn crash_at(r: &Root, step: &str, args: &[&str]) -> std::process::Output {
@@ -155,7 +157,11 @@ fn import_killed_at_random_moments() {
             nix::unistd::Pid::from_raw(child.id() as i32),
             nix::sys::signal::SIGKILL,
         );
-        let _ = child.wait();
-        complete_or_absent(&r, &id, None);
+        let status = child.wait().unwrap();
+        let present = complete_or_absent(&r, &id, None);
+        eprintln!(
+            "kill after {:?}: {status}, layer present: {present}",
+            full * (i + 1) / 7
+        );
     }
 }
