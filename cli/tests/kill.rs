@@ -140,10 +140,14 @@ fn import_killed_at_random_moments() {
     let r = Root::new();
     let t = big_tar(&r, "t", 200, 100_000);
     // How long an import takes here, to spread the kills over it.
-    let start = std::time::Instant::now();
-    r.ok(&["import", "--id", "timing", t.to_str().unwrap()]);
-    let full = start.elapsed();
-    r.ok(&["rm", "timing"]);
+    // (The quicker of two runs: the first one warms the caches.)
+    let mut full = std::time::Duration::MAX;
+    for _ in 0..2 {
+        let start = std::time::Instant::now();
+        r.ok(&["import", "--id", "timing", t.to_str().unwrap()]);
+        full = full.min(start.elapsed());
+        r.ok(&["rm", "timing"]);
+    }
     for i in 0..6u32 {
         let id = format!("r{i}");
         let mut child = r
