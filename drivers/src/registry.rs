@@ -75,7 +75,6 @@ pub fn probe(name: &str, root: &Path) -> Result<()> {
 /// # Errors
 /// As [`probe`], plus [`Error::Io`] from setting up the root.
 pub async fn open(name: &str, root: &Path, options: &DriverOptions) -> Result<Arc<dyn Driver>> {
-    let _ = (root, options);
     match name {
         #[cfg(feature = "vfs")]
         "vfs" => crate::vfs::open_driver(root, options.vfs.clone()).await,

@@ -515,6 +515,12 @@ fn read_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     };
     let mut out = Vec::new();
     for n in names {
+        // Overlay's own bookkeeping (opaque flags, redirects, metacopy,
+        // origin) belongs to the upper dir it lives in, never to a layer.
+        let b = n.as_bytes();
+        if b.starts_with(b"trusted.overlay.") || b.starts_with(b"user.overlay.") {
+            continue;
+        }
         if let Some(v) = xattr::get(path, &n).ctx("lgetxattr", path)? {
             out.push((n.into_vec(), v));
         }
