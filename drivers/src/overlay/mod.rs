@@ -147,7 +147,7 @@ impl Overlay {
     }
 
     fn open_blocking(root: &Path, opts: OverlayOptions) -> Result<Self> {
-        probe::probe_static(root)?;
+        probe::kernel_has_overlay()?;
         let layout = Layout::new(root.join("overlay"));
         layout.ensure()?;
         let home = fs::canonicalize(&layout.home).ctx("realpath", &layout.home)?;
@@ -323,6 +323,7 @@ impl Inner {
             upper: None,
             options: self.options(!read_only, extra),
             read_only,
+            relative_to: Some(self.layout.home.clone()),
         };
         if read_only {
             m.lowers.insert(0, self.layout.diff(id));
@@ -541,6 +542,7 @@ impl Inner {
                 upper: None,
                 options: self.options(false, &[]),
                 read_only: !writable,
+                relative_to: Some(self.layout.home.clone()),
             };
             if writable {
                 fs::create_dir(&work).ctx("mkdir", &work)?;

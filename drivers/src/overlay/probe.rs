@@ -61,6 +61,13 @@ pub fn probe_static(root: &Path) -> Result<()> {
             sys::fs_name(magic)
         )));
     }
+    if magic == sys::RAMFS_MAGIC {
+        return Err(unsupported(format!(
+            "{} is on ramfs, which has no trusted.* xattr support (overlay needs it for opaque \
+             directories)",
+            at.display()
+        )));
+    }
     Ok(())
 }
 
@@ -176,6 +183,7 @@ fn native_probe_in(scratch: &Path, api: Api, options: &[String]) -> Result<Nativ
         upper: Some((up.clone(), work.clone())),
         options: options.to_vec(),
         read_only: false,
+        relative_to: None,
     }
     .mount(api, &merged)?;
 

@@ -172,23 +172,35 @@ pub struct OverlayMount {
     pub options: Vec<String>,
     /// Mount read-only.
     pub read_only: bool,
+    /// For classic mounts: a directory to pass paths relative to (the
+    /// driver's home, so `l/<short>` lowers fit a page). The mount then runs
+    /// in a thread with its own working directory (`unshare(CLONE_FS)`), so
+    /// the process's working directory never changes.
+    pub relative_to: Option<PathBuf>,
 }
 
 impl OverlayMount {
     /// The classic option string: `lowerdir=a:b,upperdir=..,workdir=..,opts`.
+    /// Paths below [`OverlayMount::relative_to`] are given relative to it.
     pub fn data(&self) -> Vec<u8> {
+        let rel = |p: &Path| -> Vec<u8> {
+            match self.relative_to.as_deref().map(|b| p.strip_prefix(b)) {
+                Some(Ok(r)) if !r.as_os_str().is_empty() => r.as_os_str().as_bytes().to_vec(),
+                _ => p.as_os_str().as_bytes().to_vec(),
+            }
+        };
         let mut parts: Vec<Vec<u8>> = Vec::new();
         let mut lower = b"lowerdir=".to_vec();
         for (i, l) in self.lowers.iter().enumerate() {
             if i > 0 {
                 lower.push(b':');
             }
-            lower.extend_from_slice(l.as_os_str().as_bytes());
+            lower.extend_from_slice(&rel(l));
         }
         parts.push(lower);
         if let Some((u, w)) = &self.upper {
-            parts.push([b"upperdir=", u.as_os_str().as_bytes()].concat());
-            parts.push([b"workdir=", w.as_os_str().as_bytes()].concat());
+            parts.push([&b"upperdir="[..], &rel(u)].concat());
+            parts.push([&b"workdir="[..], &rel(w)].concat());
         }
         for o in &self.options {
             parts.push(o.as_bytes().to_vec());
@@ -216,7 +228,16 @@ impl OverlayMount {
             .iter()
             .chain(self.upper.iter().flat_map(|(u, w)| [u, w]))
         {
-            if p.as_os_str().as_bytes().iter().any(|c| b",:\\".contains(c)) {
+            let shown = match self.relative_to.as_deref().map(|b| p.strip_prefix(b)) {
+                Some(Ok(r)) => r,
+                _ => p.as_path(),
+            };
+            if shown
+                .as_os_str()
+                .as_bytes()
+                .iter()
+                .any(|c| b",:\\".contains(c))
+            {
                 return Err(Error::InvalidArgument {
                     what: format!("overlay path {}", p.display()),
                     why: "holds ',', ':' or '\\', which classic overlay mount options cannot carry"
@@ -244,14 +265,41 @@ impl OverlayMount {
         if self.read_only {
             flags |= nix::mount::MsFlags::MS_RDONLY;
         }
-        nix::mount::mount(
-            Some("overlay"),
-            target,
-            Some("overlay"),
-            flags,
-            Some(OsStr::from_bytes(&data)),
-        )
-        .ctx("mount overlay", target)
+        let Some(dir) = self.relative_to.clone() else {
+            return nix::mount::mount(
+                Some("overlay"),
+                target,
+                Some("overlay"),
+                flags,
+                Some(OsStr::from_bytes(&data)),
+            )
+            .ctx("mount overlay", target);
+        };
+        let target = target.to_path_buf();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // This thread gets its own fs context: its chdir does not
+                // move the process's working directory.
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS)
+                    .ctx("unshare CLONE_FS", &dir)?;
+                nix::unistd::chdir(&dir).ctx("chdir", &dir)?;
+                nix::mount::mount(
+                    Some("overlay"),
+                    &target,
+                    Some("overlay"),
+                    flags,
+                    Some(OsStr::from_bytes(&data)),
+                )
+                .ctx("mount overlay", &target)
+            })
+            .join()
+            .unwrap_or_else(|_| {
+                Err(Error::Driver {
+                    driver: "overlay".into(),
+                    msg: format!("mount {}: the mount thread panicked", target.display()),
+                })
+            })
+        })
     }
 
     fn mount_new(&self, target: &Path) -> Result<()> {
@@ -379,12 +427,14 @@ pub fn fs_name(magic: i64) -> String {
 }
 
 /// Filesystem magic numbers an overlay upper dir cannot live on.
-pub const REFUSED_MAGIC: [i64; 4] = [
+pub const REFUSED_MAGIC: [i64; 3] = [
     0x794c_7630, // overlay
     0x6175_6673, // aufs
     0xf15f,      // ecryptfs
-    0x8584_58f6, // ramfs: no xattrs (also caught by the xattr test)
 ];
+
+/// `ramfs`: no xattrs at all, so no opaque directories.
+pub const RAMFS_MAGIC: i64 = 0x8584_58f6;
 
 /// `statfs` magic of the filesystem holding `path`.
 pub fn fs_magic(path: &Path) -> Result<i64> {
@@ -431,10 +481,19 @@ mod tests {
             upper: Some(("/h/x/diff".into(), "/h/x/work".into())),
             options: vec!["index=off".into()],
             read_only: false,
+            relative_to: None,
         };
         assert_eq!(
             m.data(),
             b"lowerdir=/h/l/A:/h/l/B,upperdir=/h/x/diff,workdir=/h/x/work,index=off".to_vec()
+        );
+        let m = OverlayMount {
+            relative_to: Some("/h".into()),
+            ..m
+        };
+        assert_eq!(
+            m.data(),
+            b"lowerdir=l/A:l/B,upperdir=x/diff,workdir=x/work,index=off".to_vec()
         );
     }
 }
