@@ -505,6 +505,23 @@ async fn overlay_native_diff_whiteouts_and_opaque() -> Result<()> {
         !list.contains(" link to "),
         "whiteouts must not be hard links: {list}"
     );
+    let raw = fs::read(&tarfile)?;
+    ensure!(
+        !raw.windows(16).any(|w| w == b"trusted.overlay."),
+        "the tar carries overlay's own trusted.overlay.* xattrs"
+    );
+    // And it applies into a fresh layer on the same base (the archive's
+    // apply refuses trusted.overlay.* xattrs).
+    d.create(&id("again"), Some(&id("base")), &CreateOpts::ro())
+        .await?;
+    let n = d
+        .apply_diff(
+            &id("again"),
+            Some(&id("base")),
+            Box::new(fs::File::open(&tarfile)?),
+        )
+        .await?;
+    ensure!(n == 4, "applied {n}");
     Ok(())
 }
 
