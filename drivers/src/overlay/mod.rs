@@ -155,7 +155,9 @@ impl Overlay {
         probe::probe_backing(&layout.home)?;
         detach_scratch_mounts(&layout)?;
         layout.sweep()?;
-        let has_new = sys::probe_lowerdir_plus(&layout.home);
+        let scratch = layout.home.join(Layout::scratch_name(layout::PROBE_PREFIX));
+        let has_new = sys::probe_lowerdir_plus(&scratch);
+        let _ = fs::remove_dir_all(&scratch);
         let api = match opts.mount_api {
             MountApiChoice::Auto if has_new => Api::New,
             MountApiChoice::Auto | MountApiChoice::Classic => Api::Classic,

@@ -380,12 +380,24 @@ fn kernel_log(fs: &OwnedFd) -> String {
 }
 
 /// Whether this kernel's overlay takes `lowerdir+` through `fsconfig`
-/// (Linux 6.8+). `dir` is any existing directory; nothing is mounted.
-pub fn probe_lowerdir_plus(dir: &Path) -> bool {
+/// (Linux 6.8+). `scratch` is an empty directory this probe may fill; a
+/// superblock is built from two lowers (nothing is mounted).
+///
+/// Setting the key alone proves nothing: on kernels whose overlay still
+/// parses options the legacy way (before 6.5), `fsconfig` accepts any key
+/// and only the superblock creation refuses it.
+pub fn probe_lowerdir_plus(scratch: &Path) -> bool {
+    let (a, b) = (scratch.join("a"), scratch.join("b"));
+    if fs::create_dir_all(&a).is_err() || fs::create_dir_all(&b).is_err() {
+        return false;
+    }
     let Ok(fs) = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC) else {
         return false;
     };
-    fsconfig_set_string(&fs, "lowerdir+", dir).is_ok()
+    fsconfig_set_string(&fs, "source", "overlay").is_ok()
+        && fsconfig_set_string(&fs, "lowerdir+", a.as_path()).is_ok()
+        && fsconfig_set_string(&fs, "lowerdir+", b.as_path()).is_ok()
+        && fsconfig_create(&fs).is_ok()
 }
 
 /// The system page size.
