@@ -896,3 +896,58 @@ async fn overlay_xfs_project_quota() -> Result<()> {
     drop(d);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlay_configured_mount_options() -> Result<()> {
+    if !need_root() {
+        return Ok(());
+    }
+    let root = Root::new();
+    let d = root
+        .open(OverlayOptions {
+            mount_options: vec!["redirect_dir=off".into()],
+            volatile: true,
+            ..Default::default()
+        })
+        .await?;
+    d.create(&id("base"), None, &CreateOpts::ro()).await?;
+    d.create(&id("rw"), Some(&id("base")), &CreateOpts::rw())
+        .await?;
+    d.create(&id("ro"), Some(&id("base")), &CreateOpts::ro())
+        .await?;
+    let rw = d.mount_spec(&id("rw"), &MountOpts::default()).await?[0]
+        .options
+        .join(",");
+    ensure!(
+        rw.contains("index=off") && rw.contains("redirect_dir=off") && rw.contains("volatile"),
+        "{rw}"
+    );
+    let ro = d.mount_spec(&id("ro"), &MountOpts::default()).await?[0]
+        .options
+        .join(",");
+    ensure!(!ro.contains("volatile"), "{ro}");
+    let m = d.mount(&id("rw"), &MountOpts::default()).await?;
+    let entry = sys::mountinfo()?
+        .into_iter()
+        .find(|e| e.mount_point == m)
+        .context("rw layer not in the mount table")?;
+    ensure!(
+        entry.fs_type == "overlay" && entry.super_options.contains("volatile"),
+        "{entry:?}"
+    );
+    d.unmount(&id("rw")).await?;
+    drop(d);
+
+    // index=on shares copied-up hard links through the index dir, so the
+    // upper dir is no longer the whole diff: the naive differ is used.
+    let d = root
+        .open(OverlayOptions {
+            mount_options: vec!["index=on".into()],
+            ..Default::default()
+        })
+        .await?;
+    let (native, why) = d.native_diff();
+    ensure!(!native && why.contains("index=on"), "{why}");
+    ensure!(!d.capabilities().native_diff);
+    Ok(())
+}

@@ -146,6 +146,20 @@ pub struct NativeDiff {
 /// becomes a redirect xattr) and `metacopy` (an upper file holding only
 /// metadata). Leaves nothing behind.
 pub fn probe_native_diff(home: &Path, api: Api, options: &[String]) -> NativeDiff {
+    if options
+        .iter()
+        .any(|o| o == "index=on" || o == "nfs_export=on")
+    {
+        // With the index, a copied-up lower hard link is shared through the
+        // index dir: its other names show the new data but are not in the
+        // upper dir, so the upper is not the layer's whole diff.
+        return NativeDiff {
+            native: false,
+            why: "index=on: hard-link aliases of a copied-up file may be missing from the \
+                  upper dir"
+                .into(),
+        };
+    }
     let scratch = home.join(Layout::scratch_name(PROBE_PREFIX));
     let merged = scratch.join("merged");
     let r = native_probe_in(&scratch, api, options);
