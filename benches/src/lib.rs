@@ -78,7 +78,14 @@ pub struct TreeStats {
 /// symlinks and hard links, executable modes.
 pub fn generate_rootfs(dir: &Path, spec: RootfsSpec) -> Result<TreeStats> {
     let mut rng = Rng::new(spec.seed);
-    let tops = ["bin", "lib", "share/doc", "share/man/man1", "include", "libexec"];
+    let tops = [
+        "bin",
+        "lib",
+        "share/doc",
+        "share/man/man1",
+        "include",
+        "libexec",
+    ];
     let mut dirs = Vec::with_capacity(spec.dirs);
     for i in 0..spec.dirs.max(1) {
         let top = tops[i % tops.len()];
@@ -217,7 +224,11 @@ mod tests {
         assert_eq!(sa.files, 300);
         assert_eq!(sa.bytes, sb.bytes);
         // within rounding of the budget
-        assert!(sa.bytes <= 2 << 20 && sa.bytes > (2 << 20) - 300, "{}", sa.bytes);
+        assert!(
+            sa.bytes <= 2 << 20 && sa.bytes > (2 << 20) - 300,
+            "{}",
+            sa.bytes
+        );
         let fa = fs::read(a.path().join("usr/bin/pkg0000/file000000")).unwrap();
         let fb = fs::read(b.path().join("usr/bin/pkg0000/file000000")).unwrap();
         assert_eq!(fa, fb);

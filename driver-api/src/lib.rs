@@ -321,11 +321,7 @@ pub trait Driver: Send + Sync + 'static {
     /// # Errors
     /// [`Error::NotFound`], [`Error::Io`] (including errors writing `out`).
     async fn diff(&self, id: &LayerId, parent: Option<&LayerId>, out: TarSink) -> Result<TarSink> {
-        let layer = self.view(id, false).await?;
-        let base = match parent {
-            Some(p) => Some(self.view(p, false).await?),
-            None => None,
-        };
+        let (layer, base) = layer_views(self, id, parent).await?;
         tokio::task::spawn_blocking(move || {
             let changes = naive::changes(layer.path(), base.as_ref().map(View::path))?;
             archive::write_changes(layer.path(), &changes, out)
@@ -340,11 +336,7 @@ pub trait Driver: Send + Sync + 'static {
     /// # Errors
     /// [`Error::NotFound`], [`Error::Io`].
     async fn changes(&self, id: &LayerId, parent: Option<&LayerId>) -> Result<Vec<Change>> {
-        let layer = self.view(id, false).await?;
-        let base = match parent {
-            Some(p) => Some(self.view(p, false).await?),
-            None => None,
-        };
+        let (layer, base) = layer_views(self, id, parent).await?;
         tokio::task::spawn_blocking(move || {
             naive::changes(layer.path(), base.as_ref().map(View::path))
         })
@@ -359,11 +351,7 @@ pub trait Driver: Send + Sync + 'static {
     /// # Errors
     /// [`Error::NotFound`], [`Error::Io`].
     async fn diff_size(&self, id: &LayerId, parent: Option<&LayerId>) -> Result<u64> {
-        let layer = self.view(id, false).await?;
-        let base = match parent {
-            Some(p) => Some(self.view(p, false).await?),
-            None => None,
-        };
+        let (layer, base) = layer_views(self, id, parent).await?;
         tokio::task::spawn_blocking(move || {
             let changes = naive::changes(layer.path(), base.as_ref().map(View::path))?;
             naive::changes_size(layer.path(), &changes)
@@ -407,6 +395,21 @@ pub trait Driver: Send + Sync + 'static {
     /// [`Error::Io`] from unmounts or device teardown (all are tried; the
     /// first error is returned).
     async fn cleanup(&self) -> Result<()>;
+}
+
+/// Read-only views of a layer and of the layer it is compared with, for the
+/// naive default methods.
+async fn layer_views<D: Driver + ?Sized>(
+    driver: &D,
+    id: &LayerId,
+    parent: Option<&LayerId>,
+) -> Result<(View, Option<View>)> {
+    let layer = driver.view(id, false).await?;
+    let base = match parent {
+        Some(p) => Some(driver.view(p, false).await?),
+        None => None,
+    };
+    Ok((layer, base))
 }
 
 /// Maps a failed `spawn_blocking` join (a panic in the blocking task) to an
