@@ -15,6 +15,8 @@ pub mod fstype;
 pub mod fsutil;
 pub mod mountinfo;
 pub mod mounts;
+#[cfg(feature = "overlay")]
+pub mod overlay;
 pub mod registry;
 #[cfg(feature = "vfs")]
 pub mod vfs;

@@ -29,6 +29,10 @@ pub struct DriverOptions {
     #[cfg(feature = "vfs")]
     #[serde(default)]
     pub vfs: crate::vfs::VfsOptions,
+    /// `[overlay]`.
+    #[cfg(feature = "overlay")]
+    #[serde(default)]
+    pub overlay: crate::overlay::OverlayOptions,
     /// `[btrfs]`.
     #[cfg(feature = "btrfs")]
     #[serde(default)]
@@ -67,6 +71,8 @@ pub fn probe(name: &str, root: &Path) -> Result<()> {
     match name {
         #[cfg(feature = "vfs")]
         "vfs" => crate::vfs::Vfs::probe(root),
+        #[cfg(feature = "overlay")]
+        "overlay" => crate::overlay::Overlay::probe(root),
         #[cfg(feature = "btrfs")]
         "btrfs" => crate::btrfs::Btrfs::probe(root),
         n if is_known(n) => Err(not_built(n)),
@@ -84,6 +90,8 @@ pub async fn open(name: &str, root: &Path, options: &DriverOptions) -> Result<Ar
     match name {
         #[cfg(feature = "vfs")]
         "vfs" => crate::vfs::open_driver(root, options.vfs.clone()).await,
+        #[cfg(feature = "overlay")]
+        "overlay" => crate::overlay::open_driver(root, options.overlay.clone()).await,
         #[cfg(feature = "btrfs")]
         "btrfs" => crate::btrfs::open_driver(root, options.btrfs.clone()).await,
         n if is_known(n) => Err(not_built(n)),

@@ -255,15 +255,20 @@ impl Owner {
             nanos,
             SEQ.fetch_add(1, Ordering::Relaxed)
         );
+        // Made under a hidden name (sweeps leave those alone), locked, and
+        // only then renamed to the name sweeps look at: a sweeper never sees
+        // a live owner's lock file unlocked, so it never takes it for dead.
         let path = tmp.join(format!("{token}.lock"));
+        let hidden = tmp.join(format!(".{token}.lock"));
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(&path)
-            .ctx("create", &path)?;
+            .open(&hidden)
+            .ctx("create", &hidden)?;
         let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock)
-            .map_err(|(_, e)| Error::nix("flock", &path, e))?;
+            .map_err(|(_, e)| Error::nix("flock", &hidden, e))?;
+        std::fs::rename(&hidden, &path).ctx("rename", &hidden)?;
         Ok(Owner {
             token,
             path,
