@@ -39,6 +39,24 @@ pub struct DriverOptions {
     pub btrfs: crate::btrfs::BtrfsOptions,
 }
 
+/// Whether driver `name` is compiled into this build.
+///
+/// # Errors
+/// [`Error::Unsupported`] when it is known but not built;
+/// [`Error::InvalidArgument`] when it is unknown.
+pub fn is_built(name: &str) -> Result<()> {
+    match name {
+        #[cfg(feature = "vfs")]
+        "vfs" => Ok(()),
+        #[cfg(feature = "overlay")]
+        "overlay" => Ok(()),
+        #[cfg(feature = "btrfs")]
+        "btrfs" => Ok(()),
+        n if is_known(n) => Err(not_built(n)),
+        n => Err(unknown(n)),
+    }
+}
+
 /// Whether `name` is a driver strata knows.
 pub fn is_known(name: &str) -> bool {
     NAMES.contains(&name)
