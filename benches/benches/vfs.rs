@@ -1,3 +1,4 @@
+#![allow(missing_docs)] // criterion_group! generates undocumented items
 //! Criterion benches of the VFS driver on the shared workloads: import of a
 //! generated rootfs tar, diff of that layer, a child diff after 100 small
 //! changes, and create+mount+unmount+remove churn.
@@ -104,5 +105,9 @@ fn bench_vfs(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench_vfs);
+criterion_group! {
+    name = benches;
+    config = Criterion::default();
+    targets = bench_vfs
+}
 criterion_main!(benches);

@@ -318,6 +318,41 @@ impl Factory for VfsFactory {
     }
 }
 
+/// Makes a fresh driver `name` (through the registry) on a fresh root per
+/// fixture: a loop-mounted btrfs for `btrfs`, a temporary directory for the
+/// others. What `strata check` runs the suite with.
+pub struct RegistryFactory {
+    /// The driver's registry name.
+    pub name: String,
+}
+
+impl RegistryFactory {
+    /// A factory for driver `name`.
+    pub fn new(name: impl Into<String>) -> Self {
+        RegistryFactory { name: name.into() }
+    }
+
+    /// The backing the driver's roots are made on.
+    pub fn backing(&self) -> Backing {
+        if self.name == "btrfs" {
+            Backing::Btrfs
+        } else {
+            Backing::Plain
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Factory for RegistryFactory {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    async fn make(&self) -> Result<Fixture> {
+        open_on(&self.name, self.backing()).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -222,23 +222,30 @@ impl Copier {
 
     /// Copies a non-directory entry.
     fn leaf(&mut self, src: &mut PathBuf, dst: &mut PathBuf, md: &Metadata) -> Result<()> {
-        let ft = md.file_type();
         self.stats.entries += 1;
-        if ft.is_file() {
-            let key = (md.dev(), md.ino());
-            if md.nlink() > 1 {
-                if let Some(first) = self.links.get(&key) {
-                    return std::fs::hard_link(first, &*dst).ctx("link", &*dst);
-                }
+        // Hard links of any non-directory (files, symlinks, fifos, devices,
+        // sockets): later names link to the first copy.
+        let key = (md.dev(), md.ino());
+        if md.nlink() > 1 {
+            if let Some(first) = self.links.get(&key) {
+                return std::fs::hard_link(first, &*dst).ctx("link", &*dst);
             }
+        }
+        self.new_leaf(src, dst, md)?;
+        if md.nlink() > 1 {
+            self.links.insert(key, dst.clone());
+        }
+        Ok(())
+    }
+
+    /// Makes the first (or only) copy of a non-directory entry.
+    fn new_leaf(&mut self, src: &mut PathBuf, dst: &mut PathBuf, md: &Metadata) -> Result<()> {
+        let ft = md.file_type();
+        if ft.is_file() {
             let method = self.file(src, dst, md)?;
             self.stats.bytes += md.size();
             self.stats.method = Some(method);
-            set_metadata(src, dst, md)?;
-            if md.nlink() > 1 {
-                self.links.insert(key, dst.clone());
-            }
-            return Ok(());
+            return set_metadata(src, dst, md);
         }
         if ft.is_symlink() {
             let target = std::fs::read_link(&*src).ctx("readlink", &*src)?;

@@ -29,6 +29,32 @@ pub struct DriverOptions {
     #[cfg(feature = "vfs")]
     #[serde(default)]
     pub vfs: crate::vfs::VfsOptions,
+    /// `[overlay]`.
+    #[cfg(feature = "overlay")]
+    #[serde(default)]
+    pub overlay: crate::overlay::OverlayOptions,
+    /// `[btrfs]`.
+    #[cfg(feature = "btrfs")]
+    #[serde(default)]
+    pub btrfs: crate::btrfs::BtrfsOptions,
+}
+
+/// Whether driver `name` is compiled into this build.
+///
+/// # Errors
+/// [`Error::Unsupported`] when it is known but not built;
+/// [`Error::InvalidArgument`] when it is unknown.
+pub fn is_built(name: &str) -> Result<()> {
+    match name {
+        #[cfg(feature = "vfs")]
+        "vfs" => Ok(()),
+        #[cfg(feature = "overlay")]
+        "overlay" => Ok(()),
+        #[cfg(feature = "btrfs")]
+        "btrfs" => Ok(()),
+        n if is_known(n) => Err(not_built(n)),
+        n => Err(unknown(n)),
+    }
 }
 
 /// Whether `name` is a driver strata knows.
@@ -63,6 +89,10 @@ pub fn probe(name: &str, root: &Path) -> Result<()> {
     match name {
         #[cfg(feature = "vfs")]
         "vfs" => crate::vfs::Vfs::probe(root),
+        #[cfg(feature = "overlay")]
+        "overlay" => crate::overlay::Overlay::probe(root),
+        #[cfg(feature = "btrfs")]
+        "btrfs" => crate::btrfs::Btrfs::probe(root),
         n if is_known(n) => Err(not_built(n)),
         n => Err(unknown(n)),
     }
@@ -75,10 +105,13 @@ pub fn probe(name: &str, root: &Path) -> Result<()> {
 /// # Errors
 /// As [`probe`], plus [`Error::Io`] from setting up the root.
 pub async fn open(name: &str, root: &Path, options: &DriverOptions) -> Result<Arc<dyn Driver>> {
-    let _ = (root, options);
     match name {
         #[cfg(feature = "vfs")]
         "vfs" => crate::vfs::open_driver(root, options.vfs.clone()).await,
+        #[cfg(feature = "overlay")]
+        "overlay" => crate::overlay::open_driver(root, options.overlay.clone()).await,
+        #[cfg(feature = "btrfs")]
+        "btrfs" => crate::btrfs::open_driver(root, options.btrfs.clone()).await,
         n if is_known(n) => Err(not_built(n)),
         n => Err(unknown(n)),
     }

@@ -358,7 +358,7 @@ async fn wh_lookalikes(cx: Ctx) -> Result<Outcome> {
         ops::write("x.wh.", "not a whiteout"),
         ops::mkdir(".whdir"),
         ops::write(".whdir/.wh", "inside"),
-        ops::write(".whdir/wh.wh", "inside"),
+        ops::write(".whdir/.whwh", "inside"),
         ops::write("target", "t"),
     ];
     let child = [ops::write(".wh.target-like", "x"), ops::rm(".whx")];

@@ -372,6 +372,18 @@ impl<W: Write> Writer<W> {
             return self.header(&h).ctx("write", &path);
         }
         h.name = name;
+        // Hard links of any non-directory (files, symlinks, fifos, devices):
+        // the first name in canonical order carries the entry, later names
+        // are link entries to it. Sockets are never written at all.
+        if md.nlink() > 1 && !ft.is_socket() {
+            if let Some(first) = self.links.get(&(md.dev(), md.ino())) {
+                h.typeflag = b'1';
+                h.link = first.clone();
+                h.xattrs.clear();
+                return self.header(&h).ctx("write", &path);
+            }
+            self.links.insert((md.dev(), md.ino()), h.name.clone());
+        }
         if ft.is_symlink() {
             h.typeflag = b'2';
             h.link = std::fs::read_link(&path)
@@ -398,15 +410,6 @@ impl<W: Write> Writer<W> {
             return Ok(());
         }
         // A regular file.
-        if md.nlink() > 1 {
-            if let Some(first) = self.links.get(&(md.dev(), md.ino())) {
-                h.typeflag = b'1';
-                h.link = first.clone();
-                h.xattrs.clear();
-                return self.header(&h).ctx("write", &path);
-            }
-            self.links.insert((md.dev(), md.ino()), h.name.clone());
-        }
         let file = OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
@@ -515,6 +518,12 @@ fn read_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     };
     let mut out = Vec::new();
     for n in names {
+        // Overlay's own bookkeeping (opaque flags, redirects, metacopy,
+        // origin) belongs to the upper dir it lives in, never to a layer.
+        let b = n.as_bytes();
+        if b.starts_with(b"trusted.overlay.") || b.starts_with(b"user.overlay.") {
+            continue;
+        }
         if let Some(v) = xattr::get(path, &n).ctx("lgetxattr", path)? {
             out.push((n.into_vec(), v));
         }

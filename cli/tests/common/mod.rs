@@ -1,0 +1,206 @@
+//! Shared harness of the CLI tests: runs the real `strata` binary on a
+//! private root, and cleans every mount under it on drop (even when the
+//! test failed).
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// The binary under test.
+pub const STRATA: &str = env!("CARGO_BIN_EXE_strata");
+
+/// Whether the tests that mount may run: as root. Prints why not; under
+/// `CI=true` a missing condition fails the test instead.
+pub fn need_root(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    let why = format!("{test}: skipped: needs root (mounts)");
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{why}, and CI=true requires every condition");
+    }
+    eprintln!("{why}");
+    false
+}
+
+/// A temporary store root with an empty config file.
+pub struct Root {
+    /// The scratch directory (removed on drop).
+    pub dir: tempfile::TempDir,
+    /// The store root inside it.
+    pub root: PathBuf,
+    /// An empty config file inside it.
+    pub config: PathBuf,
+}
+
+impl Default for Root {
+    fn default() -> Self {
+        Root::new()
+    }
+}
+
+impl Root {
+    /// A fresh scratch directory.
+    pub fn new() -> Root {
+        let dir = tempfile::Builder::new()
+            .prefix("strata-cli-")
+            .tempdir()
+            .unwrap();
+        let root = dir.path().join("root");
+        let config = dir.path().join("strata.toml");
+        std::fs::write(&config, "").unwrap();
+        Root { dir, root, config }
+    }
+
+    /// A path in the test's scratch directory (outside the root).
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `strata --config <empty> --root <root> --driver vfs ARGS`, with no
+    /// STRATA_* variables from the outside.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(STRATA);
+        c.arg("--config")
+            .arg(&self.config)
+            .arg("--root")
+            .arg(&self.root)
+            .arg("--driver")
+            .arg("vfs")
+            .args(args)
+            .env_remove("STRATA_CONFIG")
+            .env_remove("STRATA_ROOT")
+            .env_remove("STRATA_DRIVER")
+            .env_remove("STRATA_TEST_CRASH_AT")
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs `strata ARGS` and returns its output.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    /// Runs and asserts success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "strata {args:?} failed: {}\nstderr: {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    /// Runs and asserts exit status `code`; returns stderr, checked to be
+    /// one line for exit 1.
+    pub fn fails(&self, args: &[&str], code: i32) -> String {
+        let o = self.run(args);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(
+            o.status.code(),
+            Some(code),
+            "strata {args:?}: stdout {} stderr {err}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+        if code == 1 {
+            assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+            assert!(err.starts_with("strata: "), "{err}");
+        }
+        err
+    }
+
+    /// `strata --json ls`, parsed.
+    pub fn ls(&self) -> Vec<serde_json::Value> {
+        serde_json::from_str(&self.ok(&["--json", "ls"])).unwrap()
+    }
+
+    /// The `ls` record of `id`.
+    pub fn layer(&self, id: &str) -> Option<serde_json::Value> {
+        self.ls().into_iter().find(|l| l["id"] == id)
+    }
+
+    /// Asserts `strata fsck` reports clean.
+    pub fn fsck_clean(&self) {
+        let out = self.ok(&["fsck"]);
+        assert!(out.contains("clean"), "fsck: {out}");
+    }
+}
+
+/// Mount points under `dir` in this mount namespace, deepest first.
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut out: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    out.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    out
+}
+
+fn unescape(s: &str) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    PathBuf::from(std::ffi::OsString::from_vec(out))
+}
+
+impl Drop for Root {
+    fn drop(&mut self) {
+        for p in mounts_under(self.dir.path()) {
+            let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// `sha256:<hex>` of a file.
+pub fn sha256_file(p: &Path) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    let mut f = std::fs::File::open(p).unwrap();
+    std::io::copy(&mut f, &mut h).unwrap();
+    format!("sha256:{}", hex::encode(h.finalize()))
+}
+
+/// Makes a tar of `entries` (relative names) under `src` with the `tar`
+/// command; `gzip` adds `-z`.
+pub fn make_tar(src: &Path, entries: &[&str], out: &Path, gzip: bool) {
+    let mut c = Command::new("tar");
+    c.arg("--format=pax")
+        .arg("--numeric-owner")
+        .arg("-C")
+        .arg(src);
+    c.arg(if gzip { "-czf" } else { "-cf" })
+        .arg(out)
+        .args(entries);
+    let o = c.output().expect("the tar command");
+    assert!(
+        o.status.success(),
+        "tar: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// A small tree: `a` (5 bytes), `b` (3 bytes), `dir/c` (4 bytes).
+pub fn small_tree(dir: &Path) {
+    std::fs::create_dir_all(dir.join("dir")).unwrap();
+    std::fs::write(dir.join("a"), "hello").unwrap();
+    std::fs::write(dir.join("b"), "bee").unwrap();
+    std::fs::write(dir.join("dir/c"), "ceee").unwrap();
+}
