@@ -144,7 +144,17 @@ impl LoopFs {
 impl Drop for LoopFs {
     fn drop(&mut self) {
         if self.mounted {
-            if let Err(e) = nix::mount::umount2(&self.mount, nix::mount::MntFlags::empty()) {
+            // A fork in another test thread can hold files of this mount for
+            // the moment before its exec: retry briefly before detaching.
+            let mut res = nix::mount::umount2(&self.mount, nix::mount::MntFlags::empty());
+            for _ in 0..10 {
+                if res != Err(nix::errno::Errno::EBUSY) {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                res = nix::mount::umount2(&self.mount, nix::mount::MntFlags::empty());
+            }
+            if let Err(e) = res {
                 eprintln!(
                     "LoopFs: unmount {} failed ({e}); detaching lazily",
                     self.mount.display()

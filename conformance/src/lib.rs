@@ -69,7 +69,9 @@ pub struct Fixture {
     pub driver: Arc<dyn Driver>,
     /// The root the driver was opened on.
     pub root: PathBuf,
-    guard: Option<Box<dyn Any + Send + Sync>>,
+    // Declared after `driver`: dropped after it, so the driver's open files
+    // are closed before a loop-mounted root is unmounted.
+    _guard: Option<Box<dyn Any + Send + Sync>>,
     closed: bool,
 }
 
@@ -89,7 +91,7 @@ impl Fixture {
         Fixture {
             driver,
             root,
-            guard: Some(Box::new(guard)),
+            _guard: Some(Box::new(guard)),
             closed: false,
         }
     }
@@ -108,7 +110,9 @@ impl Fixture {
                 let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
             }
         }
-        drop(self.guard.take());
+        // Fields drop in order: the driver (and whatever files it holds
+        // open on the root) before the guard that unmounts the root.
+        drop(self);
         cleaned.map_err(|e| anyhow::anyhow!("cleanup(): {e}"))?;
         let left = left?;
         if !left.is_empty() {
@@ -146,7 +150,7 @@ impl Drop for Fixture {
                 }
             }
         }
-        drop(self.guard.take());
+        // The guard is dropped after the driver by field order.
     }
 }
 
