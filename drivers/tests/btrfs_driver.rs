@@ -63,7 +63,11 @@ fn can_run(test: &str) -> bool {
             panic!("{test}: {why} (required in CI)")
         }
         Some(why) => {
-            eprintln!("SKIPPED {test}: {why}");
+            {
+                // Written past the test harness's capture, so the skip is seen.
+                use std::io::Write as _;
+                let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+            }
             false
         }
     }

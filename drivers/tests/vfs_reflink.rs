@@ -37,7 +37,11 @@ fn can_run(test: &str) -> bool {
             panic!("{test}: {why}; CI=true, so this is a failure")
         }
         Some(why) => {
-            eprintln!("SKIPPED {test}: {why}");
+            {
+                // Written past the test harness's capture, so the skip is seen.
+                use std::io::Write as _;
+                let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+            }
             false
         }
     }
