@@ -321,13 +321,7 @@ pub trait Driver: Send + Sync + 'static {
     /// # Errors
     /// [`Error::NotFound`], [`Error::Io`] (including errors writing `out`).
     async fn diff(&self, id: &LayerId, parent: Option<&LayerId>, out: TarSink) -> Result<TarSink> {
-        let (layer, base) = layer_views(self, id, parent).await?;
-        tokio::task::spawn_blocking(move || {
-            let changes = naive::changes(layer.path(), base.as_ref().map(View::path))?;
-            archive::write_changes(layer.path(), &changes, out)
-        })
-        .await
-        .map_err(join_error)?
+        naive_diff(self, id, parent, out).await
     }
 
     /// The changes of the layer against `parent` (`None`: the empty tree),
@@ -336,12 +330,7 @@ pub trait Driver: Send + Sync + 'static {
     /// # Errors
     /// [`Error::NotFound`], [`Error::Io`].
     async fn changes(&self, id: &LayerId, parent: Option<&LayerId>) -> Result<Vec<Change>> {
-        let (layer, base) = layer_views(self, id, parent).await?;
-        tokio::task::spawn_blocking(move || {
-            naive::changes(layer.path(), base.as_ref().map(View::path))
-        })
-        .await
-        .map_err(join_error)?
+        naive_changes(self, id, parent).await
     }
 
     /// The size of the diff against `parent`: bytes of added or modified
@@ -351,13 +340,7 @@ pub trait Driver: Send + Sync + 'static {
     /// # Errors
     /// [`Error::NotFound`], [`Error::Io`].
     async fn diff_size(&self, id: &LayerId, parent: Option<&LayerId>) -> Result<u64> {
-        let (layer, base) = layer_views(self, id, parent).await?;
-        tokio::task::spawn_blocking(move || {
-            let changes = naive::changes(layer.path(), base.as_ref().map(View::path))?;
-            naive::changes_size(layer.path(), &changes)
-        })
-        .await
-        .map_err(join_error)?
+        naive_diff_size(self, id, parent).await
     }
 
     /// Applies a layer tar (plain, gzip or zstd) on top of the layer's
@@ -410,6 +393,60 @@ async fn layer_views<D: Driver + ?Sized>(
         None => None,
     };
     Ok((layer, base))
+}
+
+/// The naive [`Driver::diff`]: compares the layer's [`Driver::view`] with
+/// `parent`'s and writes the canonical tar. The trait's default, and the
+/// fallback of drivers whose native diff does not apply.
+///
+/// # Errors
+/// As [`Driver::diff`].
+pub async fn naive_diff<D: Driver + ?Sized>(
+    driver: &D,
+    id: &LayerId,
+    parent: Option<&LayerId>,
+    out: TarSink,
+) -> Result<TarSink> {
+    let (layer, base) = layer_views(driver, id, parent).await?;
+    tokio::task::spawn_blocking(move || {
+        let changes = naive::changes(layer.path(), base.as_ref().map(View::path))?;
+        archive::write_changes(layer.path(), &changes, out)
+    })
+    .await
+    .map_err(join_error)?
+}
+
+/// The naive [`Driver::changes`] (see [`naive_diff`]).
+///
+/// # Errors
+/// As [`Driver::changes`].
+pub async fn naive_changes<D: Driver + ?Sized>(
+    driver: &D,
+    id: &LayerId,
+    parent: Option<&LayerId>,
+) -> Result<Vec<Change>> {
+    let (layer, base) = layer_views(driver, id, parent).await?;
+    tokio::task::spawn_blocking(move || naive::changes(layer.path(), base.as_ref().map(View::path)))
+        .await
+        .map_err(join_error)?
+}
+
+/// The naive [`Driver::diff_size`] (see [`naive_diff`]).
+///
+/// # Errors
+/// As [`Driver::diff_size`].
+pub async fn naive_diff_size<D: Driver + ?Sized>(
+    driver: &D,
+    id: &LayerId,
+    parent: Option<&LayerId>,
+) -> Result<u64> {
+    let (layer, base) = layer_views(driver, id, parent).await?;
+    tokio::task::spawn_blocking(move || {
+        let changes = naive::changes(layer.path(), base.as_ref().map(View::path))?;
+        naive::changes_size(layer.path(), &changes)
+    })
+    .await
+    .map_err(join_error)?
 }
 
 /// Maps a failed `spawn_blocking` join (a panic in the blocking task) to an

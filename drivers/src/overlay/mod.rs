@@ -33,8 +33,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use strata_driver_api::archive::{self, WhiteoutFormat};
 use strata_driver_api::{
-    join_error, naive, Capabilities, Change, CreateOpts, Driver, Error, IoContext, LayerId,
-    MountOpts, MountSpec, Result, Status, TarSink, TarSource, View,
+    join_error, Capabilities, Change, CreateOpts, Driver, Error, IoContext, LayerId, MountOpts,
+    MountSpec, Result, Status, TarSink, TarSource, View,
 };
 use sys::{Api, OverlayMount};
 
@@ -736,13 +736,7 @@ impl Driver for Overlay {
             .await
             .map_err(join_error)?;
         }
-        let (layer, base) = self.views(id, parent).await?;
-        tokio::task::spawn_blocking(move || {
-            let changes = naive::changes(layer.path(), base.as_ref().map(View::path))?;
-            archive::write_changes(layer.path(), &changes, out)
-        })
-        .await
-        .map_err(join_error)?
+        strata_driver_api::naive_diff(self, id, parent, out).await
     }
 
     async fn changes(&self, id: &LayerId, parent: Option<&LayerId>) -> Result<Vec<Change>> {
@@ -759,12 +753,7 @@ impl Driver for Overlay {
             .await
             .map_err(join_error)?;
         }
-        let (layer, base) = self.views(id, parent).await?;
-        tokio::task::spawn_blocking(move || {
-            naive::changes(layer.path(), base.as_ref().map(View::path))
-        })
-        .await
-        .map_err(join_error)?
+        strata_driver_api::naive_changes(self, id, parent).await
     }
 
     async fn diff_size(&self, id: &LayerId, parent: Option<&LayerId>) -> Result<u64> {
@@ -778,13 +767,7 @@ impl Driver for Overlay {
                 .await
                 .map_err(join_error)?;
         }
-        let (layer, base) = self.views(id, parent).await?;
-        tokio::task::spawn_blocking(move || {
-            let changes = naive::changes(layer.path(), base.as_ref().map(View::path))?;
-            naive::changes_size(layer.path(), &changes)
-        })
-        .await
-        .map_err(join_error)?
+        strata_driver_api::naive_diff_size(self, id, parent).await
     }
 
     async fn apply_diff(
@@ -806,17 +789,6 @@ impl Driver for Overlay {
 
     async fn cleanup(&self) -> Result<()> {
         blocking(&self.inner, |i| i.cleanup()).await
-    }
-}
-
-impl Overlay {
-    async fn views(&self, id: &LayerId, parent: Option<&LayerId>) -> Result<(View, Option<View>)> {
-        let layer = self.view(id, false).await?;
-        let base = match parent {
-            Some(p) => Some(self.view(p, false).await?),
-            None => None,
-        };
-        Ok((layer, base))
     }
 }
 
