@@ -1,6 +1,8 @@
 # strata: the two set-up commands of README.md are `make demo` and `make test`.
 # Each installs what it needs first (.ci/deps).
 
+# rustup installs into ~/.cargo/bin (.ci/deps does it on a machine without cargo).
+export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 
 .PHONY: deps demo test lint build
