@@ -624,7 +624,7 @@ impl Inner {
         Ok(vec![
             ("root".into(), l.home.display().to_string()),
             ("backing filesystem".into(), self.backing_fs.clone()),
-            ("copy method".into(), method.into()),
+            ("copy method".into(), method),
             ("copy option".into(), self.opts.copy.as_str().into()),
             ("layers".into(), layers.to_string()),
             ("mounted".into(), mounted.len().to_string()),
