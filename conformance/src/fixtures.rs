@@ -84,6 +84,7 @@ impl LoopFs {
                 return Err(SkipReason(format!("{tool} is not installed")).into());
             }
         }
+        load_modules(kind);
         let dir = tempfile::Builder::new()
             .prefix("strata-loop-")
             .tempdir()
@@ -246,6 +247,35 @@ pub fn loops_under(path: &Path) -> Result<Vec<String>> {
         }
     }
     Ok(out)
+}
+
+/// Loads the `loop` module and the filesystem's when they are not there
+/// yet (a kernel booted without an init that loads them, such as the VM
+/// runner's guest, has neither `/dev/loop-control` nor the filesystem).
+/// Best effort: a module that cannot load shows up as the failure of the
+/// step that needs it.
+fn load_modules(kind: &str) {
+    let mut want = Vec::new();
+    if !Path::new("/dev/loop-control").exists() {
+        want.push("loop");
+    }
+    let known = fs::read_to_string("/proc/filesystems").unwrap_or_default();
+    if !known
+        .lines()
+        .any(|l| l.split_whitespace().last() == Some(kind))
+    {
+        want.push(kind);
+    }
+    for module in want {
+        match Command::new("modprobe").arg(module).output() {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => eprintln!(
+                "modprobe {module}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            Err(e) => eprintln!("modprobe {module}: {e}"),
+        }
+    }
 }
 
 /// Where a [`VfsFactory`] puts its driver root.

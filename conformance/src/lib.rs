@@ -493,3 +493,68 @@ pub async fn run_named(factory: &dyn Factory, name: &str) -> Report {
 pub async fn run_cross(factories: &[&dyn Factory]) -> Report {
     scenarios::cross::run(factories).await
 }
+
+/// Expands `$m!(name, ...)` with the test name of every scenario of
+/// [`scenarios`] (its name with `_` for `-`), for a test file that wants
+/// one `#[test]` per scenario: `each_scenario!(my_tests)` where
+/// `my_tests` is a `macro_rules!` of the test file taking `$($t:ident),*`.
+/// The library's own test checks that the list matches [`scenarios`].
+#[macro_export]
+macro_rules! each_scenario {
+    ($m:ident) => {
+        $m! {
+            empty_layer,
+            base_modes_owners,
+            chain_views,
+            create_twice,
+            read_only_mount,
+            remove_order,
+            recreate_removed,
+            mount_refcount,
+            exists_list,
+            delete_stays_deleted,
+            opaque_dir,
+            rename,
+            hardlink_move,
+            update_five_times,
+            chown_nested,
+            permission_churn,
+            deep_chain_20,
+            deep_chain_max,
+            changes_exact,
+            diff_apply,
+            many_files_wide,
+            many_files_deep,
+            xattrs,
+            sparse_files,
+            hardlinks,
+            sockets_fifos,
+            device_nodes,
+            long_names,
+            non_utf8_names,
+            wh_lookalikes,
+            tar_whiteouts
+        }
+    };
+}
+
+#[cfg(test)]
+mod each_scenario_tests {
+    macro_rules! names {
+        ($($t:ident),*) => {
+            vec![$(stringify!($t).replace('_', "-")),*]
+        };
+    }
+
+    #[test]
+    fn each_scenario_lists_every_scenario_once() {
+        let mut got: Vec<String> = each_scenario!(names);
+        let mut want: Vec<String> = super::scenarios()
+            .iter()
+            .map(|s| s.name.to_string())
+            .collect();
+        got.sort();
+        want.sort();
+        assert_eq!(got, want, "each_scenario! must list every scenario once");
+    }
+}

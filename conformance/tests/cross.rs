@@ -1,11 +1,14 @@
-//! Cross-driver identity over the drivers this build has, on every backing
-//! that exercises a different copy mechanism: vfs on a plain directory
-//! (copy_file_range or read/write), on btrfs and on xfs (reflink).
+//! Cross-driver identity over the drivers this build has, against vfs: vfs
+//! on every backing that exercises a different copy mechanism (a plain
+//! directory: copy_file_range or read/write; btrfs and xfs: reflink), then
+//! every other built driver on its own backing (overlay on a plain
+//! directory, btrfs on a loop-mounted btrfs).
 //!
 //! Run: `cargo test -p strata-conformance --test cross -- --nocapture`.
 
-use strata_conformance::fixtures::{Backing, VfsFactory};
+use strata_conformance::fixtures::{Backing, RegistryFactory, VfsFactory};
 use strata_conformance::{run_cross, Factory};
+use strata_drivers::registry;
 
 #[test]
 fn cross_driver_identity() {
@@ -17,7 +20,19 @@ fn cross_driver_identity() {
     let plain = VfsFactory::new(Backing::Plain);
     let btrfs = VfsFactory::new(Backing::Btrfs);
     let xfs = VfsFactory::new(Backing::Xfs);
-    let factories: Vec<&dyn Factory> = vec![&plain, &btrfs, &xfs];
+    let others: Vec<RegistryFactory> = ["overlay", "btrfs"]
+        .into_iter()
+        .filter(|name| match registry::is_built(name) {
+            Ok(()) => true,
+            Err(e) => {
+                eprintln!("cross: {name} left out: {e}");
+                false
+            }
+        })
+        .map(RegistryFactory::new)
+        .collect();
+    let mut factories: Vec<&dyn Factory> = vec![&plain, &btrfs, &xfs];
+    factories.extend(others.iter().map(|f| f as &dyn Factory));
     let report = rt.block_on(run_cross(&factories));
     report.print();
     report.assert_ok();

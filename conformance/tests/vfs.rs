@@ -7,7 +7,7 @@
 //! when `CI=true`).
 
 use strata_conformance::fixtures::{Backing, VfsFactory};
-use strata_conformance::{run_named, scenarios};
+use strata_conformance::{each_scenario, run_named, scenarios};
 
 fn run(test: &str, backing: Backing) {
     let name = test.replace('_', "-");
@@ -19,45 +19,6 @@ fn run(test: &str, backing: Backing) {
     let report = rt.block_on(run_named(&VfsFactory::new(backing), &name));
     report.print();
     report.assert_ok();
-}
-
-/// Expands `$m!(names...)` with every scenario's test name.
-macro_rules! each_scenario {
-    ($m:ident) => {
-        $m!(
-            empty_layer,
-            base_modes_owners,
-            chain_views,
-            create_twice,
-            read_only_mount,
-            remove_order,
-            recreate_removed,
-            mount_refcount,
-            exists_list,
-            delete_stays_deleted,
-            opaque_dir,
-            rename,
-            hardlink_move,
-            update_five_times,
-            chown_nested,
-            permission_churn,
-            deep_chain_20,
-            deep_chain_max,
-            changes_exact,
-            diff_apply,
-            many_files_wide,
-            many_files_deep,
-            xattrs,
-            sparse_files,
-            hardlinks,
-            sockets_fifos,
-            device_nodes,
-            long_names,
-            non_utf8_names,
-            wh_lookalikes,
-            tar_whiteouts
-        );
-    };
 }
 
 macro_rules! plain_tests {

@@ -1,4 +1,5 @@
-//! Tree copy: reflink, then `copy_file_range`, then read/write.
+//! Tree copy: reflink, then `copy_file_range`, then read/write (or one
+//! method only: [`copy_tree_with`]).
 //!
 //! [`copy_tree`] copies every entry type (directories, regular files,
 //! symlinks, character and block devices, fifos, sockets) with its owner,
@@ -39,15 +40,44 @@ use std::os::unix::fs::{
 };
 use std::path::{Path, PathBuf};
 
-/// How file data was copied.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+/// How file data was copied. Ordered from the most sharing to the least.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum CopyMethod {
     /// `FICLONE`: blocks shared, nothing copied.
     Reflink,
-    /// `copy_file_range`: copied in the kernel.
+    /// `copy_file_range`: copied in the kernel. Note: on filesystems that
+    /// can clone (btrfs, xfs with `reflink=1`), Linux 5.3 and later serve
+    /// it by cloning too, so the blocks end up shared.
     CopyFileRange,
-    /// `read`/`write` through user space.
+    /// `read`/`write` through user space: always new, unshared blocks.
     ReadWrite,
+}
+
+impl CopyMethod {
+    /// The method's name as configuration and status show it: `reflink`,
+    /// `copy_file_range`, `read-write`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CopyMethod::Reflink => "reflink",
+            CopyMethod::CopyFileRange => "copy_file_range",
+            CopyMethod::ReadWrite => "read-write",
+        }
+    }
+}
+
+/// Which methods [`copy_tree_with`] may use for file data.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CopyChoice {
+    /// The best the filesystem accepts: reflink, else `copy_file_range`,
+    /// else read/write (what [`copy_tree`] does).
+    #[default]
+    Auto,
+    /// Exactly this method for every file, no fallback: a file it cannot
+    /// copy fails the copy with the method's error (`EOPNOTSUPP`, `EXDEV`,
+    /// `EINVAL`...). `Only(CopyMethod::ReadWrite)` is the way to get
+    /// unshared blocks on a filesystem that can clone (see
+    /// [`CopyMethod::CopyFileRange`]).
+    Only(CopyMethod),
 }
 
 /// What [`copy_tree`] did.
@@ -61,6 +91,9 @@ pub struct CopyStats {
     /// The method used for the last regular file (the best one the
     /// filesystem accepted), `None` when no file was copied.
     pub method: Option<CopyMethod>,
+    /// The least sharing method used for any file (the greatest in
+    /// [`CopyMethod`]'s order), `None` when no file was copied.
+    pub worst: Option<CopyMethod>,
 }
 
 /// The size of the buffer of the read/write fallback.
@@ -85,6 +118,15 @@ const CFR_CHUNK: u64 = 1 << 30;
 /// copy (`ENOSPC`, `EPERM` for an owner or device without privilege,
 /// `EOPNOTSUPP` for xattrs the destination filesystem cannot keep).
 pub fn copy_tree(src: &Path, dst: &Path) -> Result<CopyStats> {
+    copy_tree_with(src, dst, CopyChoice::Auto)
+}
+
+/// [`copy_tree`] with the file data copied as `choice` says.
+///
+/// Same preconditions, (non-)idempotency and errors as [`copy_tree`]; with
+/// [`CopyChoice::Only`], also the chosen method's error for the first file
+/// it cannot copy (named by the operation: `ficlone`, `copy_file_range`).
+pub fn copy_tree_with(src: &Path, dst: &Path, choice: CopyChoice) -> Result<CopyStats> {
     match std::fs::symlink_metadata(dst) {
         Ok(_) => {
             return Err(Error::io(
@@ -97,7 +139,10 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<CopyStats> {
         Err(e) => return Err(Error::io("lstat", dst, e)),
     }
     let md = std::fs::symlink_metadata(src).ctx("lstat", src)?;
-    let mut copier = Copier::default();
+    let mut copier = Copier {
+        choice,
+        ..Copier::default()
+    };
     let mut src = src.to_path_buf();
     let mut dst = dst.to_path_buf();
     copier.entry(&mut src, &mut dst, &md)?;
@@ -157,6 +202,8 @@ struct DirLevel {
 /// The state of one [`copy_tree`].
 #[derive(Default)]
 struct Copier {
+    /// The methods allowed.
+    choice: CopyChoice,
     stats: CopyStats,
     /// The first copy of each hard-linked source inode: (dev, ino) -> path.
     links: HashMap<(u64, u64), PathBuf>,
@@ -245,6 +292,7 @@ impl Copier {
             let method = self.file(src, dst, md)?;
             self.stats.bytes += md.size();
             self.stats.method = Some(method);
+            self.stats.worst = self.stats.worst.max(Some(method));
             return set_metadata(src, dst, md);
         }
         if ft.is_symlink() {
@@ -284,10 +332,15 @@ impl Copier {
             .open(dst)
             .ctx("create", dst)?;
         let dev = md.dev();
-        let mut method = *self.methods.get(&dev).unwrap_or(&CopyMethod::Reflink);
+        let strict = matches!(self.choice, CopyChoice::Only(_));
+        let mut method = match self.choice {
+            CopyChoice::Auto => *self.methods.get(&dev).unwrap_or(&CopyMethod::Reflink),
+            CopyChoice::Only(m) => m,
+        };
         if method == CopyMethod::Reflink {
             match sys::ficlone(output.as_fd(), input.as_fd()) {
                 Ok(()) => return Ok(CopyMethod::Reflink),
+                Err(e) if strict => return Err(Error::nix("ficlone", dst, e)),
                 // This pair of files only (for example different nodatacow
                 // flags on btrfs): fall back without giving up reflinks.
                 Err(Errno::EINVAL) => method = CopyMethod::CopyFileRange,
@@ -378,12 +431,18 @@ impl Copier {
                 ) {
                     Ok(0) => {
                         // The source ended early or the filesystem copies
-                        // nothing this way: read/write the rest.
-                        method = CopyMethod::ReadWrite;
+                        // nothing this way: read/write the rest (only
+                        // filling what the source still has, when strict).
+                        if self.choice == CopyChoice::Auto {
+                            method = CopyMethod::ReadWrite;
+                        }
                         break;
                     }
                     Ok(n) => pos += n as u64,
                     Err(Errno::EINTR) => {}
+                    Err(e) if self.choice != CopyChoice::Auto => {
+                        return Err(Error::nix("copy_file_range", dst, e))
+                    }
                     Err(
                         Errno::EXDEV
                         | Errno::EINVAL
@@ -400,7 +459,7 @@ impl Copier {
                 }
             }
         }
-        if pos < end {
+        if pos < end && (method == CopyMethod::ReadWrite || self.choice == CopyChoice::Auto) {
             method = CopyMethod::ReadWrite;
             if self.buf.is_empty() {
                 self.buf = vec![0; BUF_SIZE];

@@ -15,7 +15,7 @@ use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use strata_driver_api::copy::{copy_tree, probe_reflink, CopyMethod};
+use strata_driver_api::copy::{copy_tree, copy_tree_with, probe_reflink, CopyChoice, CopyMethod};
 
 const MIB: u64 = 1 << 20;
 /// The two data regions of the sparse file: (offset, length).
@@ -428,6 +428,52 @@ fn tmpfs_falls_back_and_keeps_holes() {
     assert_eq!(stats.method, Some(CopyMethod::ReadWrite));
     assert_same_tree(&src2, &dst2, &atimes2);
     assert_sparse_copy(&src2.join("sparse"), &dst2.join("sparse"));
+    drop(fs);
+}
+
+#[test]
+fn one_method_only() {
+    if !require_root("one_method_only") {
+        return;
+    }
+    let fs = ScratchFs::tmpfs();
+    let (src, _, _) = built_tree(&fs.mnt, true);
+    // Reflink only, where the filesystem cannot: the first file fails it.
+    let err = copy_tree_with(
+        &src,
+        &fs.mnt.join("r"),
+        CopyChoice::Only(CopyMethod::Reflink),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("ficlone"), "{err}");
+    // Each copying method alone, every file with it, holes kept (a fresh
+    // source each time: a copy moves the source's atimes).
+    for (name, method) in [
+        ("c", CopyMethod::CopyFileRange),
+        ("w", CopyMethod::ReadWrite),
+    ] {
+        let base = fs.mnt.join(name);
+        std::fs::create_dir(&base).unwrap();
+        let (src, dst, atimes) = built_tree(&base, true);
+        let stats = copy_tree_with(&src, &dst, CopyChoice::Only(method)).unwrap();
+        assert_eq!(stats.method, Some(method), "{stats:?}");
+        assert_eq!(stats.worst, Some(method), "{stats:?}");
+        assert_same_tree(&src, &dst, &atimes);
+        assert_sparse_copy(&src.join("sparse"), &dst.join("sparse"));
+    }
+    // copy_file_range only, across filesystems the kernel refuses it for
+    // (EXDEV since Linux 5.19): an error, not a silent read/write.
+    let other = tempfile::tempdir().unwrap();
+    let (src2, _, _) = built_tree(other.path(), true);
+    match copy_tree_with(
+        &src2,
+        &fs.mnt.join("x"),
+        CopyChoice::Only(CopyMethod::CopyFileRange),
+    ) {
+        Err(e) => assert!(e.to_string().contains("copy_file_range"), "{e}"),
+        // Older kernels copy across filesystems.
+        Ok(stats) => assert_eq!(stats.worst, Some(CopyMethod::CopyFileRange)),
+    }
     drop(fs);
 }
 

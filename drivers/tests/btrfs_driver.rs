@@ -222,6 +222,31 @@ fn qgroups(fs: &LoopFs) -> BTreeSet<u64> {
         .collect()
 }
 
+/// Exclusive bytes the kernel has accounted to the qgroup of the subvolume
+/// holding `path`, after a transaction commit (qgroup accounting is only
+/// brought up to date when a transaction commits).
+fn exclusive_bytes(fs: &LoopFs, path: &Path) -> u64 {
+    run(Command::new("btrfs")
+        .args(["filesystem", "sync"])
+        .arg(fs.path()));
+    let rootid = run(Command::new("btrfs")
+        .args(["inspect-internal", "rootid"])
+        .arg(path));
+    let group = format!("0/{}", rootid.trim());
+    let show = run(Command::new("btrfs")
+        .args(["qgroup", "show", "--raw"])
+        .arg(fs.path()));
+    show.lines()
+        .find_map(|l| {
+            let mut w = l.split_whitespace();
+            if w.next()? != group {
+                return None;
+            }
+            w.nth(1)?.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("qgroup {group} not in:\n{show}"))
+}
+
 /// Writes `mib` MiB to `path` and fsyncs it.
 fn write_mib(path: &Path, mib: usize) -> std::io::Result<()> {
     let mut f = std::fs::File::create(path)?;
@@ -485,10 +510,23 @@ async fn btrfs_quota() {
     assert!(status.iter().any(|(k, v)| k == "quota" && v == "on"));
     let m = d.mount(&q, &MountOpts::default()).await.unwrap();
     write_mib(&m.join("four"), 4).expect("4 MiB fits in 8 MiB");
+    // The 4 MiB are charged to the layer (accounting is lazy: the helper
+    // commits first), below its limit.
+    let excl = exclusive_bytes(&fs, &m);
+    assert!(
+        (4 << 20..8 << 20).contains(&excl),
+        "4 MiB written, {excl} bytes accounted"
+    );
+    // Twice the limit past it: the write (or its fsync) fails on the quota.
     let e = write_mib(&m.join("sixteen"), 16).expect_err("16 MiB does not fit in 8 MiB");
     assert!(
         [libc::EDQUOT, libc::ENOSPC].contains(&errno(&e)),
         "quota error expected: {e}"
+    );
+    let excl = exclusive_bytes(&fs, &m);
+    assert!(
+        excl <= 8 << 20,
+        "the limit held: {excl} bytes accounted against 8 MiB"
     );
     std::fs::remove_file(m.join("sixteen")).unwrap();
     d.unmount(&q).await.unwrap();

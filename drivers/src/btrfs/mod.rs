@@ -62,8 +62,6 @@ use strata_driver_api::{
     MountSpec, Result, Status, TarSource, View,
 };
 
-/// `statfs` magic number of btrfs (`BTRFS_SUPER_MAGIC`).
-const BTRFS_SUPER_MAGIC: u64 = 0x9123_683E;
 const NAME: &str = "btrfs";
 
 /// Options of the `[btrfs]` configuration table.
@@ -172,17 +170,14 @@ impl Btrfs {
     /// when `statfs` fails.
     pub fn probe(root: &Path) -> Result<()> {
         let at = fstype::nearest_existing(root);
-        let magic = fstype::magic(&at)?;
-        if magic == BTRFS_SUPER_MAGIC {
+        // The magic number table is fstype's (btrfs is `BTRFS_SUPER_MAGIC`).
+        let found = fstype::name(&at)?;
+        if found == NAME {
             Ok(())
         } else {
             Err(Error::Unsupported {
                 driver: NAME.into(),
-                why: format!(
-                    "{} is on {}, not on btrfs",
-                    at.display(),
-                    fstype::name(&at)?
-                ),
+                why: format!("{} is on {found}, not on btrfs", at.display()),
             })
         }
     }

@@ -1,10 +1,10 @@
 //! VFS driver: each layer a complete copy of its parent's tree.
 //!
 //! A child is made by copying the parent's directory with
-//! [`copy_tree`]: file data is cloned
-//! with `FICLONE` where the backing filesystem shares blocks (btrfs, xfs
-//! with `reflink=1`), so children cost little there; elsewhere every file is
-//! copied. Mounting is a bind mount of the layer's directory; diffs come
+//! [`copy_tree_with`]: by default (`[vfs] copy = "auto"`) file data is
+//! cloned with `FICLONE` where the backing filesystem shares blocks (btrfs,
+//! xfs with `reflink=1`), so children cost little there; elsewhere every
+//! file is copied. [`CopyMode`] picks one method instead. Mounting is a bind mount of the layer's directory; diffs come
 //! from the naive differ (the trait's defaults), and a tar is applied
 //! straight into the layer's directory. It works on any filesystem and is
 //! the fallback of `driver = "auto"`.
@@ -38,7 +38,7 @@ use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use strata_driver_api::copy::{copy_tree, probe_reflink, CopyMethod};
+use strata_driver_api::copy::{copy_tree_with, probe_reflink, CopyChoice, CopyMethod};
 use strata_driver_api::{
     archive, join_error, Capabilities, CreateOpts, Driver, Error, IoContext, LayerId, MountOpts,
     MountSpec, Result, Status, TarSource, View,
@@ -58,10 +58,17 @@ pub enum CopyMode {
     /// `FICLONE` does not work, and a create fails where a file could not
     /// be cloned.
     Reflink,
-    /// Full copies. Note: the shared tree copy always tries `FICLONE`
-    /// first and cannot yet be told not to, so on a reflink-capable
-    /// filesystem this currently behaves like `auto`.
+    /// Full copies, no block shared with the parent: read/write where the
+    /// filesystem can clone (there `copy_file_range` clones too), else the
+    /// `auto` chain (which then never clones).
     Copy,
+    /// `copy_file_range` only (which clones on btrfs and reflink xfs); a
+    /// create fails where it is refused.
+    #[serde(rename = "copy_file_range")]
+    CopyFileRange,
+    /// `read`/`write` only: always unshared, always the slowest.
+    #[serde(rename = "read-write")]
+    ReadWrite,
 }
 
 impl CopyMode {
@@ -70,6 +77,21 @@ impl CopyMode {
             CopyMode::Auto => "auto",
             CopyMode::Reflink => "reflink",
             CopyMode::Copy => "copy",
+            CopyMode::CopyFileRange => "copy_file_range",
+            CopyMode::ReadWrite => "read-write",
+        }
+    }
+
+    /// The tree copy's choice for this mode on a filesystem that can
+    /// (`reflink`) or cannot clone files.
+    fn choice(self, reflink: bool) -> CopyChoice {
+        match self {
+            CopyMode::Auto => CopyChoice::Auto,
+            CopyMode::Reflink => CopyChoice::Only(CopyMethod::Reflink),
+            CopyMode::Copy if reflink => CopyChoice::Only(CopyMethod::ReadWrite),
+            CopyMode::Copy => CopyChoice::Auto,
+            CopyMode::CopyFileRange => CopyChoice::Only(CopyMethod::CopyFileRange),
+            CopyMode::ReadWrite => CopyChoice::Only(CopyMethod::ReadWrite),
         }
     }
 }
@@ -78,7 +100,7 @@ impl CopyMode {
 ///
 /// ```plain
 /// [vfs]
-/// copy = "auto"     # "auto" | "reflink" | "copy"
+/// copy = "auto"  # "auto" | "reflink" | "copy" | "copy_file_range" | "read-write"
 /// ```
 #[derive(Clone, Debug, Default, serde::Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -110,6 +132,9 @@ struct Inner {
     opts: VfsOptions,
     reflink: bool,
     backing_fs: String,
+    /// The least sharing copy method children made by this instance used,
+    /// `None` before the first child with a file.
+    used: Mutex<Option<CopyMethod>>,
     owner: Owner,
     state: Mutex<State>,
     /// Serialises mount-table checks with mounting, unmounting and the
@@ -235,6 +260,7 @@ impl Vfs {
                 opts,
                 reflink,
                 backing_fs,
+                used: Mutex::new(None),
                 owner,
                 state: Mutex::default(),
                 mount_lock: Mutex::new(()),
@@ -360,19 +386,24 @@ impl Inner {
         let l = &self.layout;
         match parent {
             Some(p) => {
-                let stats = copy_tree(&l.dir(p), stage)?;
+                let choice = self.opts.copy.choice(self.reflink);
+                let stats = copy_tree_with(&l.dir(p), stage, choice).map_err(|e| {
+                    if self.opts.copy == CopyMode::Reflink {
+                        Error::Unsupported {
+                            driver: NAME.into(),
+                            why: format!(
+                                "copy = \"reflink\", but files of layer {p} could not be \
+                                 cloned: {e}"
+                            ),
+                        }
+                    } else {
+                        e
+                    }
+                })?;
                 tracing::debug!(%id, parent = %p, ?stats, "vfs: copied parent tree");
-                if self.opts.copy == CopyMode::Reflink
-                    && stats.method.is_some_and(|m| m != CopyMethod::Reflink)
-                {
-                    return Err(Error::Unsupported {
-                        driver: NAME.into(),
-                        why: format!(
-                            "copy = \"reflink\", but files of layer {p} could not be cloned \
-                             ({:?} was used)",
-                            stats.method
-                        ),
-                    });
+                if let Some(worst) = stats.worst {
+                    let mut used = lock(&self.used);
+                    *used = (*used).max(Some(worst));
                 }
                 // The data must be durable before the record says the
                 // layer exists.
@@ -566,6 +597,15 @@ impl Inner {
         }
     }
 
+    /// The method the first file of a child would be copied with.
+    fn expected_method(&self) -> &'static str {
+        match self.opts.copy.choice(self.reflink) {
+            CopyChoice::Only(m) => m.as_str(),
+            CopyChoice::Auto if self.reflink => CopyMethod::Reflink.as_str(),
+            CopyChoice::Auto => "copy_file_range (read-write fallback)",
+        }
+    }
+
     fn status(&self) -> Result<Status> {
         let l = &self.layout;
         let layers = layout::list_ids(l)?.len();
@@ -577,15 +617,14 @@ impl Inner {
             .collect();
         mounted.sort();
         mounted.dedup();
-        let method = if self.reflink {
-            "reflink"
-        } else {
-            "copy_file_range (read/write fallback)"
+        let method = match *lock(&self.used) {
+            Some(m) => m.as_str().to_string(),
+            None => format!("{} (expected; no file copied yet)", self.expected_method()),
         };
         Ok(vec![
             ("root".into(), l.home.display().to_string()),
             ("backing filesystem".into(), self.backing_fs.clone()),
-            ("copy method".into(), method.into()),
+            ("copy method".into(), method),
             ("copy option".into(), self.opts.copy.as_str().into()),
             ("layers".into(), layers.to_string()),
             ("mounted".into(), mounted.len().to_string()),
@@ -618,8 +657,10 @@ impl Driver for Vfs {
         }
     }
 
-    /// `root`, `backing filesystem` (statfs name), `copy method`
-    /// (`reflink` or `copy_file_range`), `copy option`, `layers`,
+    /// `root`, `backing filesystem` (statfs name), `copy method` (the
+    /// least sharing method children made by this instance used:
+    /// `reflink`, `copy_file_range` or `read-write`; before the first, the
+    /// expected one, marked so), `copy option`, `layers`,
     /// `mounted`.
     async fn status(&self) -> Result<Status> {
         let inner = self.inner.clone();
