@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use strata_driver_api::archive::Item;
 use strata_driver_api::{ChangeKind, CreateOpts, Driver, Error, LayerId, MountOpts};
-use strata_drivers::overlay::{native, sys, MountApiChoice, Overlay, OverlayOptions};
+use strata_drivers::overlay::{native, MountApiChoice, Overlay, OverlayOptions};
+use strata_drivers::{mountinfo, mounts};
 
 fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
@@ -53,25 +54,11 @@ fn id(s: &str) -> LayerId {
 
 /// Detaches every mount at or below `dir`, deepest first.
 fn detach_below(dir: &Path) {
-    let Ok(all) = sys::mountinfo() else { return };
-    let mut points: Vec<PathBuf> = all
-        .into_iter()
-        .map(|m| m.mount_point)
-        .filter(|p| p.starts_with(dir))
-        .collect();
-    points.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
-    for p in points {
-        let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
-    }
+    let _ = mounts::unmount_under(dir);
 }
 
 fn mounts_below(dir: &Path) -> Vec<PathBuf> {
-    sys::mountinfo()
-        .unwrap()
-        .into_iter()
-        .map(|m| m.mount_point)
-        .filter(|p| p.starts_with(dir))
-        .collect()
+    mountinfo::mount_points_under(dir).unwrap()
 }
 
 /// A temporary root; every mount below it is detached on drop.
@@ -949,12 +936,12 @@ async fn overlay_configured_mount_options() -> Result<()> {
         .join(",");
     ensure!(!ro.contains("volatile"), "{ro}");
     let m = d.mount(&id("rw"), &MountOpts::default()).await?;
-    let entry = sys::mountinfo()?
+    let entry = mountinfo::read()?
         .into_iter()
         .find(|e| e.mount_point == m)
         .context("rw layer not in the mount table")?;
     ensure!(
-        entry.fs_type == "overlay" && entry.super_options.contains("volatile"),
+        entry.fs_type == "overlay" && entry.super_options.iter().any(|o| o == "volatile"),
         "{entry:?}"
     );
     d.unmount(&id("rw")).await?;
