@@ -612,18 +612,22 @@ mod tests {
     use super::*;
     use crate::tree::{Kind, Manifest};
 
+    /// Whether this runs as root; if not, says that `test` is skipped
+    /// (needing root for `what`), and fails under `CI=true`.
+    fn root_or_skip(test: &str, what: &str) -> bool {
+        if nix::unistd::geteuid().is_root() {
+            return true;
+        }
+        // Written past the test harness's capture, so the skip is seen.
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "SKIP {test}: needs root ({what})");
+        assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "CI needs root");
+        false
+    }
+
     #[test]
     fn ops_build_expected_tree() {
-        if !nix::unistd::geteuid().is_root() {
-            {
-                // Written past the test harness's capture, so the skip is seen.
-                use std::io::Write as _;
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "SKIP ops_build_expected_tree: needs root (chown, mknod)"
-                );
-            }
-            assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "CI needs root");
+        if !root_or_skip("ops_build_expected_tree", "chown, mknod") {
             return;
         }
         let t = tempfile::tempdir().unwrap();
@@ -666,14 +670,7 @@ mod tests {
     /// manifest as `rename(2)` on one filesystem, links inside kept.
     #[test]
     fn move_across_matches_rename() {
-        if !nix::unistd::geteuid().is_root() {
-            // Written past the test harness's capture, so the skip is seen.
-            use std::io::Write as _;
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIP move_across_matches_rename: needs root (chown)"
-            );
-            assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "CI needs root");
+        if !root_or_skip("move_across_matches_rename", "chown") {
             return;
         }
         let t = tempfile::tempdir().unwrap();
