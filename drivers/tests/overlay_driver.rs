@@ -944,7 +944,11 @@ async fn overlay_configured_mount_options() -> Result<()> {
         .find(|e| e.mount_point == m)
         .context("rw layer not in the mount table")?;
     ensure!(
-        entry.fs_type == "overlay" && entry.super_options.iter().any(|o| o == "volatile"),
+        entry.fs_type == "overlay"
+            && entry
+                .super_options
+                .iter()
+                .any(|o| o == "volatile" || o == "fsync=volatile"),
         "{entry:?}"
     );
     d.unmount(&id("rw")).await?;
