@@ -414,8 +414,11 @@ impl Inner {
         }
         let (staging, link) = self.layout.stage(&lower, root_attrs, &meta)?;
         if let (Some(size), Some(q)) = (opts.size, &self.quota) {
-            let diff = staging.join("diff");
-            let r = quota::set_project(&diff, meta.project)
+            // The work dir too: overlay creates and copies up files there
+            // and renames them into diff/, which XFS refuses (EXDEV) between
+            // directories of different projects.
+            let r = quota::set_project(&staging.join("diff"), meta.project)
+                .and_then(|()| quota::set_project(&staging.join("work"), meta.project))
                 .and_then(|()| quota::set_limit(&q.device, meta.project, size));
             if let Err(e) = r {
                 let _ = fs::remove_dir_all(&staging);
