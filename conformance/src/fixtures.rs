@@ -313,6 +313,14 @@ impl VfsFactory {
 /// [`SkipReason`] when the loop filesystem cannot be made here; the
 /// registry's error when the driver does not open.
 pub async fn open_on(name: &str, backing: Backing) -> Result<Fixture> {
+    open_with(name, backing, &DriverOptions::default()).await
+}
+
+/// [`open_on`] with the driver's options (`[vfs]`, `[overlay]`...) given.
+///
+/// # Errors
+/// As [`open_on`].
+pub async fn open_with(name: &str, backing: Backing, options: &DriverOptions) -> Result<Fixture> {
     match backing {
         Backing::Plain => {
             let tmp = tempfile::Builder::new()
@@ -320,7 +328,7 @@ pub async fn open_on(name: &str, backing: Backing) -> Result<Fixture> {
                 .tempdir()
                 .context("temp dir for the driver root")?;
             let root = tmp.path().join("root");
-            let driver = registry::open(name, &root, &DriverOptions::default())
+            let driver = registry::open(name, &root, options)
                 .await
                 .with_context(|| format!("open {name} on {}", root.display()))?;
             Ok(Fixture::new(driver, root, tmp))
@@ -335,7 +343,7 @@ pub async fn open_on(name: &str, backing: Backing) -> Result<Fixture> {
                 .await
                 .context("loop fs task panicked")??;
             let root = lfs.path().join("root");
-            let driver = registry::open(name, &root, &DriverOptions::default())
+            let driver = registry::open(name, &root, options)
                 .await
                 .with_context(|| format!("open {name} on {} ({kind})", root.display()))?;
             Ok(Fixture::new(driver, root, lfs))

@@ -494,67 +494,85 @@ pub async fn run_cross(factories: &[&dyn Factory]) -> Report {
     scenarios::cross::run(factories).await
 }
 
-/// Expands `$m!(name, ...)` with the test name of every scenario of
-/// [`scenarios`] (its name with `_` for `-`), for a test file that wants
-/// one `#[test]` per scenario: `each_scenario!(my_tests)` where
-/// `my_tests` is a `macro_rules!` of the test file taking `$($t:ident),*`.
-/// The library's own test checks that the list matches [`scenarios`].
+/// Runs the scenario a test function is named after (`deep_chain_max` for
+/// `deep-chain-max`) against `factory` on a fresh two-thread runtime,
+/// prints its report row and panics when it failed (or was skipped under
+/// `CI=true`). What each test of [`scenario_tests!`] calls.
+///
+/// # Panics
+/// When the scenario did not pass, was unknown, or the runtime could not
+/// be built.
+pub fn run_test(factory: &dyn Factory, test: &str) {
+    let name = test.replace('_', "-");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let report = rt.block_on(run_named(factory, &name));
+    report.print();
+    report.assert_ok();
+}
+
+/// Panics unless `tests` (test function names, `_` for `-`) name every
+/// scenario of [`scenarios`] exactly once. Used by [`scenario_tests!`].
+///
+/// # Panics
+/// On a missing, unknown or repeated name.
+pub fn assert_lists_every_scenario(tests: &[&str]) {
+    let mut want: Vec<String> = scenarios().iter().map(|s| s.name.to_string()).collect();
+    let mut got: Vec<String> = tests.iter().map(|t| t.replace('_', "-")).collect();
+    want.sort();
+    got.sort();
+    assert_eq!(
+        got, want,
+        "scenario_tests! must list every scenario exactly once"
+    );
+}
+
+/// Writes a module `$module` of one `#[test]` per scenario, each running
+/// that scenario against `$factory` (an expression, evaluated by each test
+/// inside the module, which sees the items of its parent) through
+/// [`run_test`]:
+///
+/// ```ignore
+/// strata_conformance::scenario_tests!(plain, VfsFactory::new(Backing::Plain));
+/// ```
+///
+/// Each module also gets `every_scenario_has_a_test`, checking the
+/// macro's list against [`scenarios`].
 #[macro_export]
-macro_rules! each_scenario {
-    ($m:ident) => {
-        $m! {
-            empty_layer,
-            base_modes_owners,
-            chain_views,
-            create_twice,
-            read_only_mount,
-            remove_order,
-            recreate_removed,
-            mount_refcount,
-            exists_list,
-            delete_stays_deleted,
-            opaque_dir,
-            rename,
-            hardlink_move,
-            update_five_times,
-            chown_nested,
-            permission_churn,
-            deep_chain_20,
-            deep_chain_max,
-            changes_exact,
-            diff_apply,
-            many_files_wide,
-            many_files_deep,
-            xattrs,
-            sparse_files,
-            hardlinks,
-            sockets_fifos,
-            device_nodes,
-            long_names,
-            non_utf8_names,
-            wh_lookalikes,
+macro_rules! scenario_tests {
+    ($module:ident, $factory:expr) => {
+        $crate::scenario_tests!(@list $module, $factory,
+            empty_layer, base_modes_owners, chain_views, create_twice, read_only_mount,
+            remove_order, recreate_removed, mount_refcount, exists_list,
+            delete_stays_deleted, opaque_dir, rename, hardlink_move,
+            update_five_times, chown_nested, permission_churn, deep_chain_20,
+            deep_chain_max, changes_exact, diff_apply, many_files_wide,
+            many_files_deep, xattrs, sparse_files, hardlinks, sockets_fifos,
+            device_nodes, long_names, non_utf8_names, wh_lookalikes,
             tar_whiteouts
+        );
+    };
+    (@list $module:ident, $factory:expr, $($t:ident),*) => {
+        mod $module {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[test]
+                fn $t() {
+                    $crate::run_test(&$factory, stringify!($t))
+                }
+            )*
+
+            #[test]
+            fn every_scenario_has_a_test() {
+                $crate::assert_lists_every_scenario(&[$(stringify!($t)),*]);
+            }
         }
     };
 }
 
 #[cfg(test)]
-mod each_scenario_tests {
-    macro_rules! names {
-        ($($t:ident),*) => {
-            vec![$(stringify!($t).replace('_', "-")),*]
-        };
-    }
-
-    #[test]
-    fn each_scenario_lists_every_scenario_once() {
-        let mut got: Vec<String> = each_scenario!(names);
-        let mut want: Vec<String> = super::scenarios()
-            .iter()
-            .map(|s| s.name.to_string())
-            .collect();
-        got.sort();
-        want.sort();
-        assert_eq!(got, want, "each_scenario! must list every scenario once");
-    }
-}
+mod tests {}

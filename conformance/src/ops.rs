@@ -77,7 +77,10 @@ pub enum Op {
         /// What.
         path: PathBuf,
     },
-    /// `rename(2)`: replaces an existing target of a compatible type.
+    /// `rename(2)`: replaces an existing target of a compatible type. Where
+    /// the kernel answers `EXDEV` (overlay without `redirect_dir` renaming
+    /// a directory from a lower layer), does what `mv` does: copies the
+    /// tree, preserving everything, then removes the source.
     Rename {
         /// From.
         from: PathBuf,
@@ -360,6 +363,39 @@ fn chown_chmod(path: &Path, uid: u32, gid: u32, mode: u32) -> Result<()> {
         .with_context(|| format!("chmod {}", path.display()))
 }
 
+/// What `mv` does when `rename(2)` answers `EXDEV`: replaces `to` as
+/// `rename` would (an empty directory for a directory, a non-directory for
+/// a non-directory), copies the tree at `from` to `to` with owners, modes,
+/// xattrs, times and the hard links inside it, then removes `from`.
+fn move_across(from: &Path, to: &Path) -> Result<()> {
+    let what = || format!("move {} -> {} (after EXDEV)", from.display(), to.display());
+    let src = fs::symlink_metadata(from).with_context(|| format!("lstat {}", from.display()))?;
+    match fs::symlink_metadata(to) {
+        Ok(dst) if dst.is_dir() => {
+            if !src.is_dir() {
+                bail!("{}: the target is a directory", what());
+            }
+            // rename(2) only replaces an empty directory; rmdir refuses others.
+            fs::remove_dir(to).with_context(|| format!("rmdir {} (replaced)", to.display()))?;
+        }
+        Ok(_) => {
+            if src.is_dir() {
+                bail!("{}: the target is not a directory", what());
+            }
+            fs::remove_file(to).with_context(|| format!("unlink {} (replaced)", to.display()))?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("lstat {}", to.display())),
+    }
+    strata_driver_api::copy::copy_tree(from, to).with_context(what)?;
+    if src.is_dir() {
+        fs::remove_dir_all(from)
+    } else {
+        fs::remove_file(from)
+    }
+    .with_context(|| format!("remove {} (moved)", from.display()))
+}
+
 /// The longest socket path `bind` takes (`sun_path` is 108 bytes with NUL).
 const SUN_PATH_MAX: usize = 107;
 
@@ -414,8 +450,10 @@ impl Op {
             }
             Op::Rename { from, to } => {
                 let (a, b) = (root.join(from), root.join(to));
-                fs::rename(&a, &b)
-                    .with_context(|| format!("rename {} -> {}", a.display(), b.display()))
+                match fs::rename(&a, &b) {
+                    Err(e) if e.raw_os_error() == Some(libc::EXDEV) => move_across(&a, &b),
+                    r => r.with_context(|| format!("rename {} -> {}", a.display(), b.display())),
+                }
             }
             Op::Chmod { path, mode } => {
                 let at = root.join(path);
@@ -574,18 +612,22 @@ mod tests {
     use super::*;
     use crate::tree::{Kind, Manifest};
 
+    /// Whether this runs as root; if not, says that `test` is skipped
+    /// (needing root for `what`), and fails under `CI=true`.
+    fn root_or_skip(test: &str, what: &str) -> bool {
+        if nix::unistd::geteuid().is_root() {
+            return true;
+        }
+        // Written past the test harness's capture, so the skip is seen.
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "SKIP {test}: needs root ({what})");
+        assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "CI needs root");
+        false
+    }
+
     #[test]
     fn ops_build_expected_tree() {
-        if !nix::unistd::geteuid().is_root() {
-            {
-                // Written past the test harness's capture, so the skip is seen.
-                use std::io::Write as _;
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "SKIP ops_build_expected_tree: needs root (chown, mknod)"
-                );
-            }
-            assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "CI needs root");
+        if !root_or_skip("ops_build_expected_tree", "chown, mknod") {
             return;
         }
         let t = tempfile::tempdir().unwrap();
@@ -622,5 +664,51 @@ mod tests {
         assert_eq!(m.get("/chr").unwrap().rdev, Some((1, 3)));
         assert!(m.get(b"/caf\xe9").is_some());
         assert!(m.get("/sp").unwrap().blocks < 64);
+    }
+
+    /// The `EXDEV` fallback gives the tree a real rename would: the same
+    /// manifest as `rename(2)` on one filesystem, links inside kept.
+    #[test]
+    fn move_across_matches_rename() {
+        if !root_or_skip("move_across_matches_rename", "chown") {
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let build = |name: &str| {
+            let root = t.path().join(name);
+            fs::create_dir(&root).unwrap();
+            apply(
+                &root,
+                &[
+                    mkdir("d"),
+                    write("d/f", b"data"),
+                    link("d/f", "d/g"),
+                    symlink("f", "d/s"),
+                    setxattr("d/f", "user.k", b"v"),
+                    mkdir("d/e"),
+                    mtime("d/s", 5_000_000_001),
+                    mkdir("empty"),
+                    write("x", b"x"),
+                    write("y", b"y"),
+                ],
+            )
+            .unwrap();
+            root
+        };
+        let (a, b) = (build("a"), build("b"));
+        apply(&a, &[rename("d", "empty"), rename("x", "y")]).unwrap();
+        move_across(&b.join("d"), &b.join("empty")).unwrap();
+        move_across(&b.join("x"), &b.join("y")).unwrap();
+        let (ma, mb) = (
+            Manifest::capture(&a).unwrap(),
+            Manifest::capture(&b).unwrap(),
+        );
+        crate::tree::assert_equal(&ma, &mb).unwrap();
+        assert_eq!(mb.link_peers("/empty/f").len(), 2);
+        // rename(2)'s refusals hold too.
+        fs::create_dir(b.join("full")).unwrap();
+        fs::write(b.join("full/z"), b"z").unwrap();
+        assert!(move_across(&b.join("empty"), &b.join("full")).is_err());
+        assert!(move_across(&b.join("y"), &b.join("full")).is_err());
     }
 }

@@ -55,6 +55,7 @@ impl Driver for CopyDriver {
             max_depth: 128,
             mount_spec: false,
             read_only_mounts: false,
+            copy_up_keeps_links: true,
         }
     }
     async fn status(&self) -> Result<Status> {

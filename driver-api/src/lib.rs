@@ -138,6 +138,12 @@ pub struct Capabilities {
     pub mount_spec: bool,
     /// Mounts of read-only layers refuse writes with `EROFS`.
     pub read_only_mounts: bool,
+    /// The names of a hard-linked file of a lower layer stay one file when
+    /// a layer above changes it or links it again: a write through one
+    /// name shows through all. False for overlay without `index=on`, where
+    /// the name written to is copied up alone and the others keep the old
+    /// file (a kernel behaviour, not a driver bug).
+    pub copy_up_keeps_links: bool,
 }
 
 /// A read-only (or, where asked, writable) path to a layer's complete tree,

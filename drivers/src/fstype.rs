@@ -19,8 +19,8 @@ pub const KNOWN: &[(u32, &str)] = &[
     (0x0000_ef53, "ext4"),
     (0x0102_1994, "tmpfs"),
     (0x794c_7630, "overlay"),
-    (0x6173_6673, "aufs"),
-    (0x2fc1_2fc2, "zfs"),
+    (0x6175_6673, "aufs"),
+    (0x2fc1_2fc1, "zfs"),
     (0xca45_1a4e, "bcachefs"),
     (0xf2f5_2010, "f2fs"),
     (0xe0f5_e1e2, "erofs"),
@@ -41,6 +41,7 @@ pub const KNOWN: &[(u32, &str)] = &[
     (0x0100_2f2f, "v9fs"),
     (0x00c3_6400, "ceph"),
     (0x0000_1373, "devfs"),
+    (0x0000_f15f, "ecryptfs"),
 ];
 
 /// The name of the filesystem with magic number `magic`, if strata knows

@@ -80,6 +80,7 @@ impl Driver for DirDriver {
             max_depth: 100,
             mount_spec: false,
             read_only_mounts: false,
+            copy_up_keeps_links: true,
         }
     }
     async fn status(&self) -> DResult<Status> {

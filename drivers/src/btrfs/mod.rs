@@ -664,6 +664,7 @@ impl Driver for Btrfs {
             max_depth: usize::MAX,
             mount_spec: true,
             read_only_mounts: true,
+            copy_up_keeps_links: true,
         }
     }
 

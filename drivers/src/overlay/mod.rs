@@ -26,6 +26,7 @@ mod probe;
 mod quota;
 pub mod sys;
 
+use crate::{fstype, mountinfo, mounts};
 use async_trait::async_trait;
 use layout::{Layout, Meta};
 use std::fs;
@@ -171,8 +172,8 @@ impl Overlay {
                 })
             }
         };
-        let magic = sys::fs_magic(&layout.home)?;
-        let backing = sys::fs_name(magic);
+        let magic = fstype::magic(&layout.home)?;
+        let backing = fstype::name(&layout.home)?;
         let mut inner = Inner {
             root: root.to_path_buf(),
             layout,
@@ -217,7 +218,7 @@ impl Overlay {
 /// process, so the sweep can delete those dirs without reaching into them.
 fn detach_scratch_mounts(layout: &Layout) -> Result<()> {
     let views = layout.views();
-    let mut points: Vec<PathBuf> = sys::mountinfo()?
+    let mut points: Vec<PathBuf> = mountinfo::read()?
         .into_iter()
         .map(|m| m.mount_point)
         .filter(|p| {
@@ -231,22 +232,30 @@ fn detach_scratch_mounts(layout: &Layout) -> Result<()> {
         .collect();
     points.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
     for p in points {
-        sys::unmount_all(&p)?;
+        mounts::unmount(&p)?;
     }
     Ok(())
 }
 
-fn quota_device(home: &Path, magic: i64) -> Result<(Option<QuotaDev>, String)> {
-    if magic != libc::XFS_SUPER_MAGIC {
+/// A plain bind mount, read-only when asked.
+fn bind_options(read_only: bool) -> mounts::BindOptions {
+    mounts::BindOptions {
+        read_only,
+        ..Default::default()
+    }
+}
+
+fn quota_device(home: &Path, magic: u64) -> Result<(Option<QuotaDev>, String)> {
+    if magic != libc::XFS_SUPER_MAGIC as u64 {
         return Ok((
             None,
             format!(
                 "no: the backing filesystem is {}; size limits need XFS with prjquota",
-                sys::fs_name(magic)
+                fstype::name(home)?
             ),
         ));
     }
-    let Some(m) = sys::mount_of(home)? else {
+    let Some(m) = mountinfo::mount_of(home)? else {
         return Ok((
             None,
             "no: the XFS mount of the root is not in the mount table".into(),
@@ -254,7 +263,7 @@ fn quota_device(home: &Path, magic: i64) -> Result<(Option<QuotaDev>, String)> {
     };
     let has_pquota = m
         .super_options
-        .split(',')
+        .iter()
         .any(|o| o == "prjquota" || o == "pquota");
     if !has_pquota {
         return Ok((
@@ -269,7 +278,7 @@ fn quota_device(home: &Path, magic: i64) -> Result<(Option<QuotaDev>, String)> {
         Some(QuotaDev {
             device: PathBuf::from(&m.source),
         }),
-        format!("yes: XFS project quotas on {}", m.source),
+        format!("yes: XFS project quotas on {}", m.source.to_string_lossy()),
     ))
 }
 
@@ -283,6 +292,15 @@ impl Inner {
             Api::New => MAX_DEPTH_NEW_API,
             Api::Classic => MAX_DEPTH_CLASSIC,
         }
+    }
+
+    /// Whether mounts get `index=on` (configured, or implied by
+    /// `nfs_export=on`; the default is off), which
+    /// keeps a lower file's hard links together across copy-up.
+    fn index_on(&self) -> bool {
+        self.options(false, &[])
+            .iter()
+            .any(|o| o == "index=on" || o == "nfs_export=on")
     }
 
     /// Options of an overlay mount: configured, then the caller's, with
@@ -396,8 +414,11 @@ impl Inner {
         }
         let (staging, link) = self.layout.stage(&lower, root_attrs, &meta)?;
         if let (Some(size), Some(q)) = (opts.size, &self.quota) {
-            let diff = staging.join("diff");
-            let r = quota::set_project(&diff, meta.project)
+            // The work dir too: overlay creates and copies up files there
+            // and renames them into diff/, which XFS refuses (EXDEV) between
+            // directories of different projects.
+            let r = quota::set_project(&staging.join("diff"), meta.project)
+                .and_then(|()| quota::set_project(&staging.join("work"), meta.project))
                 .and_then(|()| quota::set_limit(&q.device, meta.project, size));
             if let Err(e) = r {
                 let _ = fs::remove_dir_all(&staging);
@@ -436,7 +457,7 @@ impl Inner {
             });
         }
         let merged = self.layout.merged(id);
-        if sys::is_mount_point(&merged)? {
+        if mountinfo::is_mount_point(&merged)? {
             return Err(Error::Busy {
                 id: id.to_string(),
                 why: format!("mounted on {}", merged.display()),
@@ -456,13 +477,13 @@ impl Inner {
         let _g = self.lock();
         self.layout.require(id)?;
         let merged = self.layout.merged(id);
-        if sys::is_mount_point(&merged)? {
+        if mountinfo::is_mount_point(&merged)? {
             return Ok(merged);
         }
         let meta = self.layout.meta(id)?;
         let ro = meta.read_only || opts.read_only;
         match self.overlay_of(id, ro, &opts.options)? {
-            None => sys::bind(&self.layout.diff(id), &merged, ro)?,
+            None => mounts::bind(&self.layout.diff(id), &merged, &bind_options(ro))?,
             Some(m) => m.mount(self.api, &merged)?,
         }
         Ok(merged)
@@ -472,10 +493,10 @@ impl Inner {
         let _g = self.lock();
         self.layout.require(id)?;
         let merged = self.layout.merged(id);
-        if !sys::is_mount_point(&merged)? {
+        if !mountinfo::is_mount_point(&merged)? {
             return Ok(());
         }
-        sys::unmount_all(&merged)?;
+        mounts::unmount(&merged)?;
         // Removing the mount point makes newer kernels drop copies of the
         // mount held in other mount namespaces; the dir is part of the
         // layout, so it is made again.
@@ -537,7 +558,7 @@ impl Inner {
             let lowers = self.layout.lowers(id)?;
             let diff = self.layout.diff(id);
             if lowers.is_empty() {
-                return sys::bind(&diff, &mp, !writable);
+                return mounts::bind(&diff, &mp, &bind_options(!writable));
             }
             let mut m = OverlayMount {
                 lowers,
@@ -557,7 +578,7 @@ impl Inner {
         let release = {
             let (mp, work) = (mp.clone(), work.clone());
             move || {
-                if let Err(e) = sys::unmount_all(&mp) {
+                if let Err(e) = mounts::unmount(&mp) {
                     tracing::warn!("overlay view {}: {e}", mp.display());
                 }
                 let _ = fs::remove_dir(&mp);
@@ -578,7 +599,7 @@ impl Inner {
     fn cleanup(&self) -> Result<()> {
         let _g = self.lock();
         let home = &self.layout.home;
-        let mut points: Vec<PathBuf> = sys::mountinfo()?
+        let mut points: Vec<PathBuf> = mountinfo::read()?
             .into_iter()
             .map(|m| m.mount_point)
             .filter(|p| p.starts_with(home) && p != home)
@@ -587,7 +608,7 @@ impl Inner {
         points.dedup();
         let mut first = None;
         for p in points {
-            if let Err(e) = sys::unmount_all(&p) {
+            if let Err(e) = mounts::unmount(&p) {
                 first.get_or_insert(e);
             }
         }
@@ -657,6 +678,7 @@ impl Driver for Overlay {
             max_depth: self.inner.max_depth(),
             mount_spec: true,
             read_only_mounts: true,
+            copy_up_keeps_links: self.inner.index_on(),
         }
     }
 
@@ -707,7 +729,7 @@ impl Driver for Overlay {
         let id = id.clone();
         blocking(&self.inner, move |i| {
             i.layout.require(&id)?;
-            sys::is_mount_point(&i.layout.merged(&id))
+            mountinfo::is_mount_point(&i.layout.merged(&id))
         })
         .await
     }

@@ -4,6 +4,7 @@
 use super::layout::{Layout, PROBE_PREFIX};
 use super::native::OPAQUE_XATTR;
 use super::sys::{self, Api, OverlayMount};
+use crate::{fstype, mounts};
 use std::fs;
 use std::path::Path;
 use std::sync::Once;
@@ -52,13 +53,13 @@ pub fn kernel_has_overlay() -> Result<()> {
 /// backing filesystem type that can hold an upper dir.
 pub fn probe_static(root: &Path) -> Result<()> {
     kernel_has_overlay()?;
-    let at = sys::nearest_existing(root);
-    let magic = sys::fs_magic(&at)?;
+    let at = fstype::nearest_existing(root);
+    let magic = fstype::magic(&at)?;
     if sys::REFUSED_MAGIC.contains(&magic) {
         return Err(unsupported(format!(
             "{} is on {}, which cannot hold an overlay upper directory",
             at.display(),
-            sys::fs_name(magic)
+            fstype::name(&at)?
         )));
     }
     if magic == sys::RAMFS_MAGIC {
@@ -76,8 +77,8 @@ pub fn probe_static(root: &Path) -> Result<()> {
 /// `readdir` reports file types (`d_type`; missing on xfs made with
 /// `ftype=0`).
 pub fn probe_backing(home: &Path) -> Result<()> {
-    let magic = sys::fs_magic(home)?;
-    let fsname = sys::fs_name(magic);
+    let magic = fstype::magic(home)?;
+    let fsname = fstype::name(home)?;
     if sys::REFUSED_MAGIC.contains(&magic) {
         return Err(unsupported(format!(
             "{} is on {fsname}, which cannot hold an overlay upper directory",
@@ -163,7 +164,7 @@ pub fn probe_native_diff(home: &Path, api: Api, options: &[String]) -> NativeDif
     let scratch = home.join(Layout::scratch_name(PROBE_PREFIX));
     let merged = scratch.join("merged");
     let r = native_probe_in(&scratch, api, options);
-    let _ = sys::unmount_all(&merged);
+    let _ = mounts::unmount(&merged);
     let _ = fs::remove_dir_all(&scratch);
     match r {
         Ok(n) => n,

@@ -1,6 +1,7 @@
-//! Kernel interfaces the overlay driver uses: the mount table, overlay
-//! mounts through the new mount API or classic `mount(2)`, bind mounts,
-//! detaching unmounts and filesystem type names.
+//! Kernel interfaces the overlay driver uses: overlay mounts through the
+//! new mount API or classic `mount(2)`, and the filesystems an upper dir
+//! cannot live on. The mount table, bind mounts and unmounts are the
+//! shared [`crate::mountinfo`] and [`crate::mounts`].
 
 use rustix::mount::{
     fsconfig_create, fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, move_mount,
@@ -12,145 +13,6 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use strata_driver_api::{Error, IoContext, Result};
-
-/// One line of `/proc/self/mountinfo`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MountEntry {
-    /// `major:minor` of the mounted filesystem.
-    pub dev: String,
-    /// Where it is mounted.
-    pub mount_point: PathBuf,
-    /// Per-mount options (`rw,relatime`).
-    pub mount_options: String,
-    /// Filesystem type.
-    pub fs_type: String,
-    /// Mount source (a device, or the type for virtual filesystems).
-    pub source: String,
-    /// Per-superblock options (`rw,prjquota`).
-    pub super_options: String,
-}
-
-fn unescape(field: &str) -> Vec<u8> {
-    let b = field.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() {
-            let oct = &b[i + 1..i + 4];
-            if oct.iter().all(|c| (b'0'..=b'7').contains(c)) {
-                out.push((oct[0] - b'0') * 64 + (oct[1] - b'0') * 8 + (oct[2] - b'0'));
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    out
-}
-
-/// Parses mountinfo text.
-pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let f: Vec<&str> = line.split(' ').collect();
-        let Some(sep) = f.iter().position(|x| *x == "-") else {
-            continue;
-        };
-        if f.len() < sep + 4 || sep < 6 {
-            continue;
-        }
-        out.push(MountEntry {
-            dev: f[2].to_string(),
-            mount_point: PathBuf::from(OsStr::from_bytes(&unescape(f[4]))),
-            mount_options: f[5].to_string(),
-            fs_type: f[sep + 1].to_string(),
-            source: String::from_utf8_lossy(&unescape(f[sep + 2])).into_owned(),
-            super_options: f[sep + 3].to_string(),
-        });
-    }
-    out
-}
-
-/// The mount table of this process's mount namespace.
-pub fn mountinfo() -> Result<Vec<MountEntry>> {
-    let p = "/proc/self/mountinfo";
-    Ok(parse_mountinfo(&fs::read_to_string(p).ctx("read", p)?))
-}
-
-/// Whether something is mounted on `path` now.
-pub fn is_mount_point(path: &Path) -> Result<bool> {
-    Ok(mountinfo()?.iter().any(|m| m.mount_point == path))
-}
-
-/// The mount entry of the filesystem holding `path` (matched by device
-/// number, the last such mount wins).
-pub fn mount_of(path: &Path) -> Result<Option<MountEntry>> {
-    let st = nix::sys::stat::stat(path).ctx("stat", path)?;
-    let dev = format!(
-        "{}:{}",
-        nix::sys::stat::major(st.st_dev),
-        nix::sys::stat::minor(st.st_dev)
-    );
-    let all = mountinfo()?;
-    // Prefer the mount whose mount point is the longest prefix of `path`.
-    let mut best: Option<MountEntry> = None;
-    for m in all.into_iter().filter(|m| m.dev == dev) {
-        if path.starts_with(&m.mount_point)
-            && best
-                .as_ref()
-                .is_none_or(|b| m.mount_point.as_os_str().len() >= b.mount_point.as_os_str().len())
-        {
-            best = Some(m);
-        }
-    }
-    Ok(best)
-}
-
-/// Detaches whatever is mounted on `path` (`MNT_DETACH`), repeatedly while
-/// mounts are stacked there. Idempotent: nothing mounted is success.
-pub fn unmount_all(path: &Path) -> Result<()> {
-    for _ in 0..64 {
-        if !is_mount_point(path)? {
-            return Ok(());
-        }
-        match nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH) {
-            Ok(()) => {}
-            Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => return Ok(()),
-            Err(e) => return Err(Error::nix("umount", path, e)),
-        }
-    }
-    Err(Error::Driver {
-        driver: "overlay".into(),
-        msg: format!("{}: still mounted after 64 detaches", path.display()),
-    })
-}
-
-/// Bind-mounts `src` on `target`, read-only when asked.
-pub fn bind(src: &Path, target: &Path, read_only: bool) -> Result<()> {
-    use nix::mount::{mount, MsFlags};
-    mount(
-        Some(src),
-        target,
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .ctx("mount --bind", target)?;
-    if read_only {
-        if let Err(e) = mount(
-            None::<&str>,
-            target,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-            None::<&str>,
-        ) {
-            let _ = unmount_all(target);
-            return Err(Error::nix("mount -o remount,bind,ro", target, e));
-        }
-    }
-    Ok(())
-}
 
 /// Which kernel interface overlay mounts go through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -409,82 +271,16 @@ pub fn page_size() -> usize {
         .unwrap_or(4096)
 }
 
-/// A readable name for a `statfs` filesystem magic number.
-pub fn fs_name(magic: i64) -> String {
-    let name = match magic {
-        0xEF53 => "ext2/ext3/ext4",
-        0x5846_5342 => "xfs",
-        0x9123_683E => "btrfs",
-        0x0102_1994 => "tmpfs",
-        0x8584_58f6 => "ramfs",
-        0x794c_7630 => "overlay",
-        0x6175_6673 => "aufs",
-        0xf15f => "ecryptfs",
-        0x2fc1_2fc1 => "zfs",
-        0x6969 => "nfs",
-        0x6573_5546 => "fuse",
-        0x4d44 => "vfat",
-        0x0102_1997 => "9p",
-        0xFF53_4D42 => "cifs",
-        0x7366_7362 | 0x6265_6572 => "sysfs",
-        0x9fa0 => "proc",
-        0xf2f5_2010 => "f2fs",
-        0x5346_414f => "afs",
-        0x2011_BAB0 => "exfat",
-        0x3153_464a => "jfs",
-        0x5265_4973 => "reiserfs",
-        _ => return format!("unknown filesystem (magic {magic:#x})"),
-    };
-    name.to_string()
-}
-
-/// Filesystem magic numbers an overlay upper dir cannot live on.
-pub const REFUSED_MAGIC: [i64; 3] = [
-    0x794c_7630, // overlay
-    0x6175_6673, // aufs
-    0xf15f,      // ecryptfs
-];
+/// Filesystem magic numbers an overlay upper dir cannot live on (overlay,
+/// aufs, ecryptfs).
+pub const REFUSED_MAGIC: [u64; 3] = [0x794c_7630, 0x6175_6673, 0xf15f];
 
 /// `ramfs`: no xattrs at all, so no opaque directories.
-pub const RAMFS_MAGIC: i64 = 0x8584_58f6;
-
-/// `statfs` magic of the filesystem holding `path`.
-pub fn fs_magic(path: &Path) -> Result<i64> {
-    let st = nix::sys::statfs::statfs(path).ctx("statfs", path)?;
-    #[allow(clippy::unnecessary_cast)]
-    Ok(st.filesystem_type().0 as i64)
-}
-
-/// `path`, or its nearest existing ancestor.
-pub fn nearest_existing(path: &Path) -> PathBuf {
-    let mut p = path.to_path_buf();
-    while fs::symlink_metadata(&p).is_err() {
-        match p.parent() {
-            Some(q) if !q.as_os_str().is_empty() => p = q.to_path_buf(),
-            _ => return PathBuf::from("."),
-        }
-    }
-    p
-}
+pub const RAMFS_MAGIC: u64 = 0x8584_58f6;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_mountinfo_with_escapes() {
-        let t =
-            "36 35 98:0 /mnt1 /mnt\\040x rw,noatime master:1 - ext3 /dev/root rw,errors=continue\n\
-                 40 1 0:33 / /o rw - overlay overlay rw,lowerdir=/a:/b\n";
-        let m = parse_mountinfo(t);
-        assert_eq!(m.len(), 2);
-        assert_eq!(m[0].mount_point, PathBuf::from("/mnt x"));
-        assert_eq!(m[0].fs_type, "ext3");
-        assert_eq!(m[0].source, "/dev/root");
-        assert_eq!(m[0].super_options, "rw,errors=continue");
-        assert_eq!(m[1].dev, "0:33");
-        assert_eq!(m[1].fs_type, "overlay");
-    }
 
     #[test]
     fn classic_data_joins_options() {

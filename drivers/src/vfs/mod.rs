@@ -654,6 +654,7 @@ impl Driver for Vfs {
             max_depth: usize::MAX,
             mount_spec: true,
             read_only_mounts: true,
+            copy_up_keeps_links: true,
         }
     }
 
