@@ -46,6 +46,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// A union mounted by [`spawn`]: served until dropped or unmounted.
+pub use fuser::BackgroundSession;
+
 /// The name prefix of whiteouts.
 pub const WH: &[u8] = b".wh.";
 /// The opaque-directory marker.
