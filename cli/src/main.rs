@@ -172,7 +172,10 @@ fn main() -> ExitCode {
     #[cfg(feature = "aufs")]
     {
         let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-        if args.get(1).is_some_and(|a| a == strata_drivers::aufs::server::SUBCOMMAND) {
+        if args
+            .get(1)
+            .is_some_and(|a| a == strata_drivers::aufs::server::SUBCOMMAND)
+        {
             let code = strata_drivers::aufs::server::main(&args[2..]);
             return ExitCode::from(u8::try_from(code).unwrap_or(1));
         }

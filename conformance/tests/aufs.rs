@@ -27,9 +27,8 @@ impl Factory for AufsFuse {
         if !std::path::Path::new("/dev/fuse").exists() {
             return Err(SkipReason("no /dev/fuse on this host".into()).into());
         }
-        let exe: PathBuf = server::find_exe(None).map_err(|e| {
-            SkipReason(format!("{e} (build it: cargo build -p strata)"))
-        })?;
+        let exe: PathBuf = server::find_exe(None)
+            .map_err(|e| SkipReason(format!("{e} (build it: cargo build -p strata)")))?;
         let tmp = tempfile::Builder::new()
             .prefix("strata-conf-aufs-")
             .tempdir()
@@ -113,5 +112,8 @@ fn every_scenario_has_a_test() {
     let mut got = listed();
     want.sort();
     got.sort();
-    assert_eq!(got, want, "tests/aufs.rs must list every scenario exactly once");
+    assert_eq!(
+        got, want,
+        "tests/aufs.rs must list every scenario exactly once"
+    );
 }

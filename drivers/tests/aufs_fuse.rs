@@ -100,17 +100,33 @@ fn copy_up_keeps_metadata() {
         nix::unistd::chown(&low.join("d/e"), Some(99.into()), Some(98.into())).unwrap();
         xattr::set(low.join("d/e/f"), "user.k", b"v").unwrap();
         let t = nix::sys::time::TimeSpec::new(1_000_000, 5);
-        nix::sys::stat::utimensat(None, &low.join("d/e/f"), &t, &t, nix::sys::stat::UtimensatFlags::NoFollowSymlink).unwrap();
+        nix::sys::stat::utimensat(
+            None,
+            &low.join("d/e/f"),
+            &t,
+            &t,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap();
     });
     let before = fs::symlink_metadata(m.m("d/e/f")).unwrap();
     // Append: a write copies the file (and d, d/e) up.
-    let mut f = fs::OpenOptions::new().append(true).open(m.m("d/e/f")).unwrap();
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(m.m("d/e/f"))
+        .unwrap();
     f.write_all(b" + upper").unwrap();
     drop(f);
     let up = fs::symlink_metadata(m.up("d/e/f")).unwrap();
     assert_eq!(fs::read(m.up("d/e/f")).unwrap(), b"lower data + upper");
-    assert_eq!((up.uid(), up.gid(), up.mode() & 0o7777), (1234, 4321, 0o640));
-    assert_eq!(xattr::get(m.up("d/e/f"), "user.k").unwrap().as_deref(), Some(&b"v"[..]));
+    assert_eq!(
+        (up.uid(), up.gid(), up.mode() & 0o7777),
+        (1234, 4321, 0o640)
+    );
+    assert_eq!(
+        xattr::get(m.up("d/e/f"), "user.k").unwrap().as_deref(),
+        Some(&b"v"[..])
+    );
     let dir = fs::symlink_metadata(m.up("d/e")).unwrap();
     assert_eq!((dir.uid(), dir.gid(), dir.mode() & 0o7777), (99, 98, 0o710));
     // The inode number stays the same through the copy-up.
@@ -118,7 +134,10 @@ fn copy_up_keeps_metadata() {
     assert_eq!(before.ino(), after.ino());
     // chmod alone copies up too and keeps the data.
     fs::set_permissions(m.m("d/e"), fs::Permissions::from_mode(0o755)).unwrap();
-    assert_eq!(fs::symlink_metadata(m.m("d/e")).unwrap().mode() & 0o7777, 0o755);
+    assert_eq!(
+        fs::symlink_metadata(m.m("d/e")).unwrap().mode() & 0o7777,
+        0o755
+    );
 }
 
 #[test]
@@ -166,7 +185,11 @@ fn opaque_dirs() {
     assert!(m.up("d/.wh..wh..opq").exists());
     // An opaque dir made in the branch before mounting hides its lower dir.
     let tmp = tempfile::tempdir().unwrap();
-    let (up, low, mnt) = (tmp.path().join("u"), tmp.path().join("l"), tmp.path().join("m"));
+    let (up, low, mnt) = (
+        tmp.path().join("u"),
+        tmp.path().join("l"),
+        tmp.path().join("m"),
+    );
     for d in [&up, &low, &mnt] {
         fs::create_dir(d).unwrap();
     }
@@ -252,7 +275,10 @@ fn concurrent_readers_and_writers() {
                     let i = (t + round) % 8;
                     let d = fs::read(mnt.join(format!("r{i}"))).unwrap();
                     assert!(d.len() >= 256 * 1024, "r{i}: {} bytes", d.len());
-                    assert!(d[..256 * 1024].iter().all(|&b| b == i as u8), "r{i} content");
+                    assert!(
+                        d[..256 * 1024].iter().all(|&b| b == i as u8),
+                        "r{i} content"
+                    );
                 }
             });
         }

@@ -33,7 +33,10 @@ pub struct KernelMount {
 /// Whether the kernel knows the aufs filesystem (`/proc/filesystems`).
 pub fn kernel_has_aufs() -> bool {
     std::fs::read_to_string("/proc/filesystems")
-        .map(|s| s.lines().any(|l| l.split_whitespace().last() == Some("aufs")))
+        .map(|s| {
+            s.lines()
+                .any(|l| l.split_whitespace().last() == Some("aufs"))
+        })
         .unwrap_or(false)
 }
 
@@ -207,8 +210,17 @@ mod tests {
         }
         // Every branch appears once, in order.
         let mut seen = Vec::new();
-        let list = m.first.strip_prefix("br:").unwrap().split(',').next().unwrap();
-        seen.extend(list.split(':').map(|s| s.split('=').next().unwrap().to_string()));
+        let list = m
+            .first
+            .strip_prefix("br:")
+            .unwrap()
+            .split(',')
+            .next()
+            .unwrap();
+        seen.extend(
+            list.split(':')
+                .map(|s| s.split('=').next().unwrap().to_string()),
+        );
         for a in &m.appends {
             for o in a.split(',') {
                 let s = o.strip_prefix("append:").unwrap();
@@ -232,7 +244,10 @@ mod tests {
             assert!(m.first.len() < 1024);
             assert!(m.appends.iter().all(|a| a.len() < 1024));
             let count = m.first.matches("=r").count()
-                + m.appends.iter().map(|a| a.matches("append:").count()).sum::<usize>();
+                + m.appends
+                    .iter()
+                    .map(|a| a.matches("append:").count())
+                    .sum::<usize>();
             assert_eq!(count, 60, "pad {pad}");
         }
     }
@@ -242,6 +257,12 @@ mod tests {
         assert!(build(&branches(128, 4), true, &[], PAGE).is_err());
         assert!(build(&[], true, &[], PAGE).is_err());
         assert!(build(&[PathBuf::from("/a:b")], true, &[], PAGE).is_err());
-        assert!(build(&[PathBuf::from(format!("/{}", "x".repeat(5000)))], true, &[], PAGE).is_err());
+        assert!(build(
+            &[PathBuf::from(format!("/{}", "x".repeat(5000)))],
+            true,
+            &[],
+            PAGE
+        )
+        .is_err());
     }
 }

@@ -656,7 +656,10 @@ impl Inner {
                 },
             ),
             line("max depth", self.max_depth().to_string()),
-            line("native diff", "yes: diff dirs hold the tar's whiteout format".into()),
+            line(
+                "native diff",
+                "yes: diff dirs hold the tar's whiteout format".into(),
+            ),
         ];
         if self.mode == Mode::Fuse {
             s.push(line(

@@ -45,11 +45,11 @@ fn classify(name: &OsStr) -> Kind {
     }
 }
 
-fn walk(
-    root: &Path,
-    rel: &Path,
-    f: &mut dyn FnMut(&Path, &Kind, Option<&fs::Metadata>) -> Result<()>,
-) -> Result<()> {
+/// What [`walk`] calls for each entry: its path, its meaning, its metadata
+/// (for real entries).
+type Visit<'a> = dyn FnMut(&Path, &Kind, Option<&fs::Metadata>) -> Result<()> + 'a;
+
+fn walk(root: &Path, rel: &Path, f: &mut Visit<'_>) -> Result<()> {
     let dir = root.join(rel);
     let mut names: Vec<_> = fs::read_dir(&dir)
         .ctx("readdir", &dir)?
@@ -212,7 +212,5 @@ mod tests {
             ]
         );
         assert_eq!(branch_size(b).unwrap(), 5);
-        let low = t.path().join("low");
-        let _ = low;
     }
 }

@@ -70,7 +70,9 @@ impl ServerArgs {
         while let Some(a) = it.next() {
             match a.to_str() {
                 Some("--mountpoint") => {
-                    mountpoint = Some(PathBuf::from(it.next().ok_or("--mountpoint needs a value")?))
+                    mountpoint = Some(PathBuf::from(
+                        it.next().ok_or("--mountpoint needs a value")?,
+                    ))
                 }
                 Some("--read-only") => read_only = true,
                 Some("--threads") => {
@@ -173,7 +175,10 @@ pub fn find_exe(configured: Option<&Path>) -> Result<PathBuf> {
     }
     for c in cands {
         match fs::metadata(&c) {
-            Ok(m) if m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0 => {
+            Ok(m)
+                if m.is_file()
+                    && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0 =>
+            {
                 return Ok(c)
             }
             _ => tried.push(c.display().to_string()),
@@ -244,12 +249,18 @@ fn alive_server(pid: i32) -> bool {
         return false;
     };
     // State is the field after the parenthesised command name.
-    let state = stat.rsplit(')').next().and_then(|s| s.split_whitespace().next());
+    let state = stat
+        .rsplit(')')
+        .next()
+        .and_then(|s| s.split_whitespace().next());
     if matches!(state, Some("Z") | Some("X") | None) {
         return false;
     }
     fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| c.windows(SUBCOMMAND.len()).any(|w| w == SUBCOMMAND.as_bytes()))
+        .map(|c| {
+            c.windows(SUBCOMMAND.len())
+                .any(|w| w == SUBCOMMAND.as_bytes())
+        })
         .unwrap_or(false)
 }
 

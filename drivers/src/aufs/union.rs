@@ -277,7 +277,12 @@ impl Union {
     }
 
     /// Looks `name` up in the directory `prel` merged from `players`.
-    fn find_child(&self, players: &[usize], prel: &Path, name: &OsStr) -> io::Result<Option<Found>> {
+    fn find_child(
+        &self,
+        players: &[usize],
+        prel: &Path,
+        name: &OsStr,
+    ) -> io::Result<Option<Found>> {
         if is_wh(name) {
             return Ok(None);
         }
@@ -499,7 +504,11 @@ impl Union {
     }
 
     /// Names and types of the merged directory `rel`.
-    fn list(&self, layers: &[usize], rel: &Path) -> io::Result<Vec<(OsString, fs::FileType, usize, u64)>> {
+    fn list(
+        &self,
+        layers: &[usize],
+        rel: &Path,
+    ) -> io::Result<Vec<(OsString, fs::FileType, usize, u64)>> {
         let mut hidden: HashSet<OsString> = HashSet::new();
         let mut seen: HashSet<OsString> = HashSet::new();
         let mut out = Vec::new();
@@ -564,7 +573,12 @@ impl Union {
 
     fn forget_dirs_under(&self, rel: &Path) {
         let mut st = lock(&self.state);
-        let keys: Vec<PathBuf> = st.dirs.keys().filter(|p| p.starts_with(rel)).cloned().collect();
+        let keys: Vec<PathBuf> = st
+            .dirs
+            .keys()
+            .filter(|p| p.starts_with(rel))
+            .cloned()
+            .collect();
         for k in keys {
             if let Some(i) = st.dirs.remove(&k) {
                 if let Some(n) = st.nodes.get_mut(&i) {
@@ -590,7 +604,11 @@ impl Union {
             return Err(Errno::EINVAL);
         }
         let (prel, players) = self.dir_layers(parent)?;
-        if self.find_child(&players, &prel, name).map_err(errno)?.is_some() {
+        if self
+            .find_child(&players, &prel, name)
+            .map_err(errno)?
+            .is_some()
+        {
             return Err(Errno::EEXIST);
         }
         self.copy_up(&prel).map_err(errno)?;
@@ -712,10 +730,8 @@ impl Union {
             match (src.md.is_dir(), d.md.is_dir()) {
                 (true, false) => return Err(Errno::ENOTDIR),
                 (false, true) => return Err(Errno::EISDIR),
-                (true, true) => {
-                    if !self.is_empty_dir(&d.layers, &drel).map_err(errno)? {
-                        return Err(Errno::ENOTEMPTY);
-                    }
+                (true, true) if !self.is_empty_dir(&d.layers, &drel).map_err(errno)? => {
+                    return Err(Errno::ENOTEMPTY)
                 }
                 _ => {}
             }
@@ -793,6 +809,7 @@ impl Union {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn do_setattr(
         &self,
         ino: u64,
@@ -943,9 +960,9 @@ impl Filesystem for Union {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let r = self.stat_node(ino.0).and_then(|(rel, f)| {
-            fs::read_link(self.bpath(f.branch, &rel)).map_err(errno)
-        });
+        let r = self
+            .stat_node(ino.0)
+            .and_then(|(rel, f)| fs::read_link(self.bpath(f.branch, &rel)).map_err(errno));
         match r {
             Ok(t) => reply.data(t.as_os_str().as_bytes()),
             Err(e) => reply.error(e),
@@ -1086,8 +1103,8 @@ impl Filesystem for Union {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let r = (|| {
-            let write = !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY)
-                || flags.0 & libc::O_TRUNC != 0;
+            let write =
+                !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY) || flags.0 & libc::O_TRUNC != 0;
             let (rel, f) = self.stat_node(ino.0)?;
             let path = if write {
                 self.rw()?;
@@ -1335,12 +1352,12 @@ impl Filesystem for Union {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let r = self.node_path(ino.0).and_then(|(rel, _, _)| {
-            match File::open(self.upper(&rel)) {
+        let r = self
+            .node_path(ino.0)
+            .and_then(|(rel, _, _)| match File::open(self.upper(&rel)) {
                 Ok(f) => f.sync_all().map_err(errno),
                 Err(_) => Ok(()),
-            }
-        });
+            });
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -1462,7 +1479,9 @@ impl Filesystem for Union {
             Ok((a, self.new_fh(file)))
         })();
         match r {
-            Ok((a, fh)) => reply.created(&TTL, &a, Generation(0), FileHandle(fh), FopenFlags::empty()),
+            Ok((a, fh)) => {
+                reply.created(&TTL, &a, Generation(0), FileHandle(fh), FopenFlags::empty())
+            }
             Err(e) => reply.error(e),
         }
     }
