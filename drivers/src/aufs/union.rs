@@ -72,8 +72,13 @@ fn nix_errno(e: nix::errno::Errno) -> Errno {
 fn lstat(p: &Path) -> io::Result<Option<Metadata>> {
     match fs::symlink_metadata(p) {
         Ok(m) => Ok(Some(m)),
+        // A whiteout of a name near NAME_MAX is too long to exist.
         Err(e)
-            if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) =>
+            if e.kind() == io::ErrorKind::NotFound
+                || matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENOTDIR) | Some(libc::ENAMETOOLONG)
+                ) =>
         {
             Ok(None)
         }
@@ -478,11 +483,44 @@ impl Union {
             fs::rename(&tmp, &up)?;
             restore_times(&parent_up, &pmd);
             let nmd = fs::symlink_metadata(&up)?;
-            let mut st = lock(&self.state);
-            if let Some(&i) = st.files.get(&(f.md.dev(), f.md.ino())) {
-                st.files.insert((nmd.dev(), nmd.ino()), i);
-                if let Some(n) = st.nodes.get_mut(&i) {
-                    n.path = rel.to_path_buf();
+            {
+                let mut st = lock(&self.state);
+                if let Some(&i) = st.files.get(&(f.md.dev(), f.md.ino())) {
+                    st.files.insert((nmd.dev(), nmd.ino()), i);
+                    if let Some(n) = st.nodes.get_mut(&i) {
+                        n.path = rel.to_path_buf();
+                    }
+                }
+            }
+            // A lower file with several names: its other names that the
+            // union still shows are linked to the copy, so they stay one
+            // file (what AUFS's pseudo-links do).
+            if f.md.nlink() > 1 && !f.md.is_dir() {
+                let mut others = Vec::new();
+                let want = (f.md.nlink() - 1) as usize;
+                find_links(
+                    &self.branches[f.branch],
+                    Path::new(""),
+                    f.md.ino(),
+                    rel,
+                    want,
+                    &mut others,
+                )?;
+                for o in others {
+                    let shows_same = self
+                        .resolve(&o)?
+                        .is_some_and(|g| g.branch == f.branch && g.md.ino() == f.md.ino());
+                    if !shows_same {
+                        continue;
+                    }
+                    if let Some(p) = o.parent() {
+                        self.copy_up(p)?;
+                    }
+                    let oup = self.upper(&o);
+                    let pup = oup.parent().map(Path::to_path_buf).unwrap_or_default();
+                    let pmd = fs::symlink_metadata(&pup)?;
+                    fs::hard_link(&up, &oup)?;
+                    restore_times(&pup, &pmd);
                 }
             }
         }
@@ -560,7 +598,12 @@ impl Union {
         let p = self.upper(prel).join(wh_name(name));
         match fs::remove_file(&p) {
             Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    || e.raw_os_error() == Some(libc::ENAMETOOLONG) =>
+            {
+                Ok(false)
+            }
             Err(e) => Err(e),
         }
     }
@@ -896,6 +939,41 @@ impl Union {
         let (_, f) = self.stat_node(ino)?;
         Ok(attr_of(ino, &f.md))
     }
+}
+
+/// Collects (up to `want`) other paths of inode `ino` in a branch, whiteouts
+/// and private entries skipped.
+fn find_links(
+    branch: &Path,
+    rel: &Path,
+    ino: u64,
+    skip: &Path,
+    want: usize,
+    out: &mut Vec<PathBuf>,
+) -> io::Result<()> {
+    let rd = match fs::read_dir(branch.join(rel)) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for e in rd {
+        if out.len() >= want {
+            return Ok(());
+        }
+        let e = e?;
+        let name = e.file_name();
+        if is_wh(&name) {
+            continue;
+        }
+        let r = rel.join(&name);
+        let ft = e.file_type()?;
+        if ft.is_dir() {
+            find_links(branch, &r, ino, skip, want, out)?;
+        } else if std::os::unix::fs::DirEntryExt::ino(&e) == ino && r != skip {
+            out.push(r);
+        }
+    }
+    Ok(())
 }
 
 /// Puts back the times a directory had before one of our private steps
