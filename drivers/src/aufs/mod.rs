@@ -767,8 +767,23 @@ impl Driver for Aufs {
         let (idc, pc) = (id.clone(), parent.cloned());
         if blocking(&self.inner, move |i| i.native_for(&idc, pc.as_ref())).await? {
             let diff = self.inner.diff(id);
+            let d2 = diff.clone();
+            let items = tokio::task::spawn_blocking(move || native::branch_items(&d2))
+                .await
+                .map_err(join_error)??;
+            // The canonical tar (what the naive differ and the other drivers
+            // write) names each hidden lower entry: opaque markers become
+            // whiteouts of what the parent's tree has in that directory.
+            let has_opaque = items.iter().any(|i| matches!(i, archive::Item::Opaque(_)));
+            let base = match parent {
+                Some(p) if has_opaque => Some(self.view(p, false).await?),
+                _ => None,
+            };
             return tokio::task::spawn_blocking(move || {
-                let items = native::branch_items(&diff)?;
+                let items = match &base {
+                    Some(v) => native::opaque_as_whiteouts(&diff, v.path(), items)?,
+                    None => items,
+                };
                 archive::write_items(&diff, items, out)
             })
             .await

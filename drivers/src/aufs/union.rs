@@ -461,8 +461,12 @@ impl Union {
             .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
         let src = self.bpath(f.branch, rel);
         if f.md.is_dir() {
+            // A copy-up is invisible: the parent's times stay as they were.
+            let parent_up = up.parent().map(Path::to_path_buf).unwrap_or_default();
+            let pmd = fs::symlink_metadata(&parent_up)?;
             fs::create_dir(&up)?;
             copy_meta(&src, &up, &f.md)?;
+            restore_times(&parent_up, &pmd);
             // Directory times of the parent are kept as they were.
             let mut st = lock(&self.state);
             if let Some(&i) = st.dirs.get(rel) {
