@@ -1568,6 +1568,32 @@ impl Filesystem for Union {
         }
     }
 
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: fuser::ReplyLseek,
+    ) {
+        // SEEK_DATA / SEEK_HOLE on the backing file: holes stay visible.
+        let r = self.file(fh).and_then(|f| {
+            let w = match whence {
+                libc::SEEK_DATA => nix::unistd::Whence::SeekData,
+                libc::SEEK_HOLE => nix::unistd::Whence::SeekHole,
+                libc::SEEK_END => nix::unistd::Whence::SeekEnd,
+                libc::SEEK_CUR => nix::unistd::Whence::SeekCur,
+                _ => nix::unistd::Whence::SeekSet,
+            };
+            nix::unistd::lseek(std::os::fd::AsRawFd::as_raw_fd(&*f), offset, w).map_err(nix_errno)
+        });
+        match r {
+            Ok(o) => reply.offset(o),
+            Err(e) => reply.error(e),
+        }
+    }
+
     fn fallocate(
         &self,
         _req: &Request,
