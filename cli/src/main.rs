@@ -167,6 +167,19 @@ fn one_line(e: &anyhow::Error) -> String {
 }
 
 fn main() -> ExitCode {
+    // Hidden: `strata aufs-fuse-server ...` runs an aufs FUSE server in the
+    // foreground (the aufs driver execs it; not for users).
+    #[cfg(feature = "aufs")]
+    {
+        let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+        if args
+            .get(1)
+            .is_some_and(|a| a == strata_drivers::aufs::server::SUBCOMMAND)
+        {
+            let code = strata_drivers::aufs::server::main(&args[2..]);
+            return ExitCode::from(u8::try_from(code).unwrap_or(1));
+        }
+    }
     let cli = Cli::parse();
     if cli.driver.len() > 1 && !matches!(cli.cmd, Cmd::Check { .. }) {
         use clap::CommandFactory;

@@ -37,3 +37,23 @@ fn cross_driver_identity() {
     report.print();
     report.assert_ok();
 }
+
+/// aufs (FUSE mode here; its servers run from the `strata` binary, which
+/// `cargo test --workspace` builds, or `cargo build -p strata`) against vfs
+/// and overlay.
+#[test]
+fn cross_driver_identity_aufs() {
+    use strata_conformance::fixtures::RegistryFactory;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let plain = VfsFactory::new(Backing::Plain);
+    let overlay = RegistryFactory::new("overlay");
+    let aufs = RegistryFactory::new("aufs");
+    let factories: Vec<&dyn Factory> = vec![&plain, &overlay, &aufs];
+    let report = rt.block_on(run_cross(&factories));
+    report.print();
+    report.assert_ok();
+}

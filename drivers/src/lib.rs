@@ -9,6 +9,8 @@
 //! - [`fsutil`]: atomic file replacement, fsync/syncfs, no-replace rename,
 //!   removal of layer trees.
 
+#[cfg(feature = "aufs")]
+pub mod aufs;
 #[cfg(feature = "btrfs")]
 pub mod btrfs;
 pub mod fstype;

@@ -33,6 +33,10 @@ pub struct DriverOptions {
     #[cfg(feature = "overlay")]
     #[serde(default)]
     pub overlay: crate::overlay::OverlayOptions,
+    /// `[aufs]`.
+    #[cfg(feature = "aufs")]
+    #[serde(default)]
+    pub aufs: crate::aufs::AufsOptions,
     /// `[btrfs]`.
     #[cfg(feature = "btrfs")]
     #[serde(default)]
@@ -52,6 +56,8 @@ pub fn is_built(name: &str) -> Result<()> {
         "overlay" => Ok(()),
         #[cfg(feature = "btrfs")]
         "btrfs" => Ok(()),
+        #[cfg(feature = "aufs")]
+        "aufs" => Ok(()),
         n if is_known(n) => Err(not_built(n)),
         n => Err(unknown(n)),
     }
@@ -93,6 +99,8 @@ pub fn probe(name: &str, root: &Path) -> Result<()> {
         "overlay" => crate::overlay::Overlay::probe(root),
         #[cfg(feature = "btrfs")]
         "btrfs" => crate::btrfs::Btrfs::probe(root),
+        #[cfg(feature = "aufs")]
+        "aufs" => crate::aufs::Aufs::probe(root),
         n if is_known(n) => Err(not_built(n)),
         n => Err(unknown(n)),
     }
@@ -112,6 +120,8 @@ pub async fn open(name: &str, root: &Path, options: &DriverOptions) -> Result<Ar
         "overlay" => crate::overlay::open_driver(root, options.overlay.clone()).await,
         #[cfg(feature = "btrfs")]
         "btrfs" => crate::btrfs::open_driver(root, options.btrfs.clone()).await,
+        #[cfg(feature = "aufs")]
+        "aufs" => crate::aufs::open_driver(root, options.aufs.clone()).await,
         n if is_known(n) => Err(not_built(n)),
         n => Err(unknown(n)),
     }
