@@ -11,6 +11,8 @@
 
 #[cfg(feature = "btrfs")]
 pub mod btrfs;
+#[cfg(feature = "devmapper")]
+pub mod devmapper;
 pub mod fstype;
 pub mod fsutil;
 pub mod mountinfo;

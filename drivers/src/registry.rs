@@ -37,6 +37,10 @@ pub struct DriverOptions {
     #[cfg(feature = "btrfs")]
     #[serde(default)]
     pub btrfs: crate::btrfs::BtrfsOptions,
+    /// `[devmapper]`.
+    #[cfg(feature = "devmapper")]
+    #[serde(default)]
+    pub devmapper: crate::devmapper::DevmapperOptions,
 }
 
 /// Whether driver `name` is compiled into this build.
@@ -52,6 +56,8 @@ pub fn is_built(name: &str) -> Result<()> {
         "overlay" => Ok(()),
         #[cfg(feature = "btrfs")]
         "btrfs" => Ok(()),
+        #[cfg(feature = "devmapper")]
+        "devmapper" => Ok(()),
         n if is_known(n) => Err(not_built(n)),
         n => Err(unknown(n)),
     }
@@ -93,6 +99,8 @@ pub fn probe(name: &str, root: &Path) -> Result<()> {
         "overlay" => crate::overlay::Overlay::probe(root),
         #[cfg(feature = "btrfs")]
         "btrfs" => crate::btrfs::Btrfs::probe(root),
+        #[cfg(feature = "devmapper")]
+        "devmapper" => crate::devmapper::Devmapper::probe(root),
         n if is_known(n) => Err(not_built(n)),
         n => Err(unknown(n)),
     }
@@ -112,6 +120,8 @@ pub async fn open(name: &str, root: &Path, options: &DriverOptions) -> Result<Ar
         "overlay" => crate::overlay::open_driver(root, options.overlay.clone()).await,
         #[cfg(feature = "btrfs")]
         "btrfs" => crate::btrfs::open_driver(root, options.btrfs.clone()).await,
+        #[cfg(feature = "devmapper")]
+        "devmapper" => crate::devmapper::open_driver(root, options.devmapper.clone()).await,
         n if is_known(n) => Err(not_built(n)),
         n => Err(unknown(n)),
     }
