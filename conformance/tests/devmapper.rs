@@ -238,7 +238,10 @@ fn free_space_guard() {
             let s = d.pool_status().await?;
             eprintln!("pool after fill: {s:?}");
             let e = match d.create(&id("b"), Some(&id("a")), &CreateOpts::rw()).await {
-                Ok(()) => bail!("create on a {}% full pool succeeded", s.data_used * 100 / s.data_total),
+                Ok(()) => bail!(
+                    "create on a {}% full pool succeeded",
+                    s.data_used * 100 / s.data_total
+                ),
                 Err(e) => e.to_string(),
             };
             eprintln!("refused as expected: {e}");
@@ -281,7 +284,8 @@ fn deferred_removal() {
         let res: Result<()> = async {
             d.create(&id("held"), None, &CreateOpts::rw()).await?;
             let node = d.device_node(&id("held")).await?;
-            let holder = std::fs::File::open(&node).with_context(|| format!("open {}", node.display()))?;
+            let holder =
+                std::fs::File::open(&node).with_context(|| format!("open {}", node.display()))?;
             d.remove(&id("held")).await?;
             if d.exists(&id("held")).await? {
                 bail!("removed layer still exists");

@@ -69,10 +69,12 @@ impl Dm {
     /// # Errors
     /// [`Error::Unsupported`] when it cannot be opened.
     pub fn open() -> Result<Dm> {
-        DM::new().map(|dm| Dm { dm }).map_err(|e| Error::Unsupported {
-            driver: NAME.into(),
-            why: format!("cannot open /dev/mapper/control: {e}"),
-        })
+        DM::new()
+            .map(|dm| Dm { dm })
+            .map_err(|e| Error::Unsupported {
+                driver: NAME.into(),
+                why: format!("cannot open /dev/mapper/control: {e}"),
+            })
     }
 
     /// The target types the kernel has loaded.
@@ -108,7 +110,11 @@ impl Dm {
             .and_then(|_| self.dm.device_suspend(&DevId::Name(n), opts()));
         if let Err(e) = res {
             let _ = self.dm.device_remove(&DevId::Name(n), opts());
-            return Err(dm_err(&format!("load table {target} {params} into"), dev, e));
+            return Err(dm_err(
+                &format!("load table {target} {params} into"),
+                dev,
+                e,
+            ));
         }
         Ok(info.device())
     }
@@ -173,7 +179,11 @@ impl Dm {
     pub fn pool_status(&self, pool: &str) -> Result<PoolStatus> {
         let (ttype, table) = self.table(pool, true)?;
         if ttype != "thin-pool" {
-            return Err(dm_err("pool", pool, format!("is a {ttype} device, not thin-pool")));
+            return Err(dm_err(
+                "pool",
+                pool,
+                format!("is a {ttype} device, not thin-pool"),
+            ));
         }
         let block_sectors: u64 = table
             .split_whitespace()
@@ -254,13 +264,8 @@ pub fn node(dev: Device, nodes: &Path, dm_name: &str) -> Result<PathBuf> {
         return Ok(p);
     }
     let _ = std::fs::remove_file(&p);
-    mknod(
-        &p,
-        SFlag::S_IFBLK,
-        Mode::from_bits_truncate(0o600),
-        want,
-    )
-    .map_err(|e| Error::nix("mknod", &p, e))?;
+    mknod(&p, SFlag::S_IFBLK, Mode::from_bits_truncate(0o600), want)
+        .map_err(|e| Error::nix("mknod", &p, e))?;
     Ok(p)
 }
 
@@ -354,8 +359,11 @@ mod tests {
 
     #[test]
     fn pool_status_lines() {
-        let s = parse_pool_status("3 14/4096 100/2048 - rw discard_passdown queue_if_no_space - 1024", 65536)
-            .unwrap();
+        let s = parse_pool_status(
+            "3 14/4096 100/2048 - rw discard_passdown queue_if_no_space - 1024",
+            65536,
+        )
+        .unwrap();
         assert_eq!(s.transaction, 3);
         assert_eq!((s.meta_used, s.meta_total), (14, 4096));
         assert_eq!((s.data_used, s.data_total), (100, 2048));

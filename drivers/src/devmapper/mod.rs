@@ -47,6 +47,7 @@ use async_trait::async_trait;
 use dm::{Dm, PoolStatus};
 use nix::mount::MsFlags;
 use records::{Layer, Records, State};
+use std::collections::HashMap;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -111,6 +112,10 @@ struct Inner {
     own_pool: bool,
     dm: Dm,
     state: Mutex<Records>,
+    /// Users of each layer's filesystem at `fs/<id>` (views and the mount);
+    /// taken only with `state` held. At zero the filesystem is unmounted
+    /// and the device deactivated.
+    refs: Mutex<HashMap<LayerId, usize>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -229,6 +234,7 @@ impl Devmapper {
             own_pool,
             opts,
             state: Mutex::new(Records::default()),
+            refs: Mutex::new(HashMap::new()),
         };
         inner.attach_pool()?;
         let recs = inner.load()?;
@@ -237,6 +243,13 @@ impl Devmapper {
             let mut st = lock(&inner.state);
             inner.reconcile(&mut st)?;
             inner.ensure_base(&mut st)?;
+            // Mounts a killed process left stay in use until unmounted.
+            let mut refs = lock(&inner.refs);
+            for id in st.layers.keys() {
+                if mountinfo::is_mount_point(&inner.mnt(id))? {
+                    refs.insert(id.clone(), 1);
+                }
+            }
         }
         Ok(Devmapper {
             inner: Arc::new(inner),
@@ -421,7 +434,7 @@ impl Inner {
         let data_len = std::fs::metadata(&data).ctx("stat", &data)?.len();
         let sectors = data_len / 512 / BLOCK_SECTORS * BLOCK_SECTORS;
         let params = format!(
-            "{} {} {BLOCK_SECTORS} {} 1 skip_block_zeroing",
+            "{} {} {BLOCK_SECTORS} {} 2 skip_block_zeroing error_if_no_space",
             dm::devno(&meta_loop)?,
             dm::devno(&data_loop)?,
             // Low-water mark: the kernel's event threshold, in data blocks.
@@ -515,6 +528,7 @@ impl Inner {
             mounts::unmount(&fsd)?;
         }
         let _ = std::fs::remove_dir(&fsd);
+        lock(&self.refs).remove(id);
         let name = self.thin_name(l.thin);
         if let Some((_, open)) = self.dm.active(&name)? {
             if open > 0 || self.dm.remove(&name, false).is_err() {
@@ -566,9 +580,10 @@ impl Inner {
         let dev = match self.dm.active(&name)? {
             Some((d, _)) => d,
             None => {
-                let pool_dev = self.dm.active(&self.pool)?.ok_or_else(|| {
-                    drv(format!("thin pool {} is not active", self.pool))
-                })?;
+                let pool_dev = self
+                    .dm
+                    .active(&self.pool)?
+                    .ok_or_else(|| drv(format!("thin pool {} is not active", self.pool)))?;
                 let params = format!("{}:{} {thin}", pool_dev.0.major, pool_dev.0.minor);
                 self.dm.create(&name, self.sectors(), "thin", &params)?
             }
@@ -606,11 +621,40 @@ impl Inner {
         Ok(())
     }
 
-    /// The layer's filesystem, mounted at `fs/<id>`; returns its `rootfs/`.
-    fn layer_fs(&self, id: &LayerId, l: &Layer) -> Result<PathBuf> {
+    /// Takes a reference on the layer's filesystem, mounted at `fs/<id>`
+    /// (with its device activated) on the first; returns its `rootfs/`.
+    /// Called with `state` held.
+    fn acquire(&self, id: &LayerId, l: &Layer) -> Result<PathBuf> {
         let at = self.fs_dir(id);
-        self.mount_fs(l.thin, &at)?;
+        let mut refs = lock(&self.refs);
+        let n = refs.get(id).copied().unwrap_or(0);
+        if n == 0 {
+            self.mount_fs(l.thin, &at)?;
+        }
+        refs.insert(id.clone(), n + 1);
         Ok(at.join("rootfs"))
+    }
+
+    /// Drops a reference taken by [`Inner::acquire`]; the last unmounts the
+    /// filesystem and deactivates the device (errors are logged: the next
+    /// remove or cleanup retries). Called with `state` held.
+    fn release(&self, id: &LayerId, thin: u32) {
+        let mut refs = lock(&self.refs);
+        let n = refs.get(id).copied().unwrap_or(0);
+        if n > 1 {
+            refs.insert(id.clone(), n - 1);
+            return;
+        }
+        refs.remove(id);
+        let at = self.fs_dir(id);
+        if let Err(e) = mounts::unmount(&at) {
+            tracing::warn!(layer = %id, error = %e, "devmapper: unmounting the layer's filesystem");
+            return;
+        }
+        let _ = std::fs::remove_dir(&at);
+        if let Err(e) = self.dm.remove(&self.thin_name(thin), false) {
+            tracing::warn!(layer = %id, error = %e, "devmapper: deactivating the layer's device");
+        }
     }
 
     fn ensure_base(&self, st: &mut Records) -> Result<()> {
@@ -620,7 +664,8 @@ impl Inner {
         let thin = st.allocate()?;
         st.base = Some((thin, State::Creating));
         self.save(st)?;
-        self.dm.message(&self.pool, &format!("create_thin {thin}"))?;
+        self.dm
+            .message(&self.pool, &format!("create_thin {thin}"))?;
         self.bump(st)?;
         self.save(st)?;
         let node = self.activate(thin)?;
@@ -669,8 +714,8 @@ impl Inner {
                         format!(
                             "thin pool has {} MiB of {} MiB {what} space free ({}%), below \
                              [devmapper] min_free_space = {min}%",
-                            free * unit >> 20,
-                            total * unit >> 20,
+                            (free * unit) >> 20,
+                            (total * unit) >> 20,
                             free * 100 / total
                         ),
                     ),
@@ -706,12 +751,7 @@ impl Inner {
                 let l = self.layer(&st, p)?;
                 (l.thin, Some(p.clone()))
             }
-            None => (
-                st.base
-                    .ok_or_else(|| drv("no base device".into()))?
-                    .0,
-                None,
-            ),
+            None => (st.base.ok_or_else(|| drv("no base device".into()))?.0, None),
         };
         self.check_space()?;
         let thin = st.allocate()?;
@@ -793,15 +833,16 @@ impl Inner {
         if mountinfo::is_mount_point(&target)? {
             return Ok(target);
         }
-        let src = self.layer_fs(id, &l)?;
-        match std::fs::DirBuilder::new().mode(0o755).create(&target) {
+        let src = self.acquire(id, &l)?;
+        let made = match std::fs::DirBuilder::new().mode(0o755).create(&target) {
             Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-                return Err(Error::io("mkdir", target, e))
+                Err(Error::io("mkdir", &target, e))
             }
-            _ => {}
-        }
-        if let Err(e) = mounts::bind(&src, &target, &bind) {
+            _ => mounts::bind(&src, &target, &bind),
+        };
+        if let Err(e) = made {
             let _ = std::fs::remove_dir(&target);
+            self.release(id, l.thin);
             return Err(e);
         }
         Ok(target)
@@ -809,9 +850,13 @@ impl Inner {
 
     fn unmount(&self, id: &LayerId) -> Result<()> {
         let st = lock(&self.state);
-        self.layer(&st, id)?;
+        let thin = self.layer(&st, id)?.thin;
         let target = self.mnt(id);
+        if !mountinfo::is_mount_point(&target)? {
+            return Ok(());
+        }
         mounts::unmount(&target)?;
+        self.release(id, thin);
         match std::fs::remove_dir(&target) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 tracing::warn!(error = %e, %id, "devmapper unmount: removing the mount point")
@@ -821,10 +866,16 @@ impl Inner {
         Ok(())
     }
 
-    fn view(&self, id: &LayerId) -> Result<View> {
+    fn view(self: &Arc<Self>, id: &LayerId) -> Result<View> {
         let st = lock(&self.state);
         let l = self.layer(&st, id)?.clone();
-        Ok(View::dir(self.layer_fs(id, &l)?))
+        let path = self.acquire(id, &l)?;
+        let me = Arc::clone(self);
+        let id = id.clone();
+        Ok(View::with_release(path, move || {
+            let _st = lock(&me.state);
+            me.release(&id, l.thin);
+        }))
     }
 
     fn status(&self) -> Result<Status> {
@@ -882,6 +933,7 @@ impl Inner {
 
     fn cleanup(&self) -> Result<()> {
         let mut st = lock(&self.state);
+        lock(&self.refs).clear();
         let mut first: Option<Error> = None;
         for d in ["mnt", "fs"] {
             let dir = self.home.join(d);
@@ -1040,7 +1092,10 @@ impl Driver for Devmapper {
 
     async fn view(&self, id: &LayerId, _writable: bool) -> Result<View> {
         let id = id.clone();
-        self.run(move |i| i.view(&id)).await
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || inner.view(&id))
+            .await
+            .map_err(join_error)?
     }
 
     async fn cleanup(&self) -> Result<()> {
