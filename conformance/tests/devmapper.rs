@@ -98,7 +98,9 @@ fn run(test: &str, fs: &'static str) {
     report.assert_ok();
 }
 
-/// Expands `$m!(names...)` with every scenario's test name.
+/// Expands `$m!(names...)` with every scenario's test name but
+/// `deep_chain_max`: 500 layers take about 40 minutes under the VM's
+/// emulated CPU (5 s a layer), past CI's budget; `deep_chain_20` runs.
 macro_rules! each_scenario {
     ($m:ident) => {
         $m!(
@@ -119,7 +121,6 @@ macro_rules! each_scenario {
             chown_nested,
             permission_churn,
             deep_chain_20,
-            deep_chain_max,
             changes_exact,
             diff_apply,
             many_files_wide,

@@ -433,8 +433,11 @@ impl Inner {
         };
         let data_len = std::fs::metadata(&data).ctx("stat", &data)?.len();
         let sectors = data_len / 512 / BLOCK_SECTORS * BLOCK_SECTORS;
+        // `error_if_no_space`: a full pool fails writes instead of queueing
+        // them forever. Block zeroing stays on: a new block never shows
+        // another layer's freed data.
         let params = format!(
-            "{} {} {BLOCK_SECTORS} {} 2 skip_block_zeroing error_if_no_space",
+            "{} {} {BLOCK_SECTORS} {} 1 error_if_no_space",
             dm::devno(&meta_loop)?,
             dm::devno(&data_loop)?,
             // Low-water mark: the kernel's event threshold, in data blocks.
@@ -584,6 +587,9 @@ impl Inner {
                     .dm
                     .active(&self.pool)?
                     .ok_or_else(|| drv(format!("thin pool {} is not active", self.pool)))?;
+                // `error_if_no_space`: a full pool fails writes instead of queueing
+                // them forever. Block zeroing stays on: a new block never shows
+                // another layer's freed data.
                 let params = format!("{}:{} {thin}", pool_dev.0.major, pool_dev.0.minor);
                 self.dm.create(&name, self.sectors(), "thin", &params)?
             }
