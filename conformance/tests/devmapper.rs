@@ -395,3 +395,93 @@ fn sigkill_during_create() {
     })
     .unwrap();
 }
+
+/// Timings of the benchmark workloads for devmapper and vfs in the same VM
+/// run: create of a snapshot layer, import of a tar (2,000 files of 4 KiB),
+/// diff of a child after 100 small changes. A measurement, not a check: it
+/// runs only when `STRATA_DM_FIGURES=1` is passed into the VM
+/// (`conformance/vm/run --env STRATA_DM_FIGURES=1 --cargo-test
+/// strata-conformance devmapper figures`) and prints `FIGURE` lines.
+#[test]
+fn figures() {
+    if std::env::var("STRATA_DM_FIGURES").is_err() {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "devmapper figures: a measurement, not requested (STRATA_DM_FIGURES=1)"
+        );
+        return;
+    }
+    if !in_vm("figures") {
+        return;
+    }
+    rt().block_on(async {
+        let work = tempfile::tempdir()?;
+        let src = work.path().join("src");
+        for i in 0..2000 {
+            let d = src.join(format!("d{}", i % 50));
+            std::fs::create_dir_all(&d)?;
+            std::fs::write(d.join(format!("f{i}")), vec![(i % 251) as u8; 4096])?;
+        }
+        let tar = work.path().join("layer.tar");
+        {
+            let changes = strata_driver_api::naive::changes(&src, None)?;
+            let out = std::fs::File::create(&tar)?;
+            strata_driver_api::archive::write_changes(&src, &changes, Box::new(out))?;
+        }
+        for name in ["vfs", "devmapper"] {
+            let root = work.path().join(format!("root-{name}"));
+            let d: Arc<dyn Driver> = if name == "vfs" {
+                strata_drivers::registry::open("vfs", &root, &Default::default()).await?
+            } else {
+                Arc::new(open(&root, small("ext4")).await?)
+            };
+            let res: Result<()> = async {
+                let t = std::time::Instant::now();
+                d.create(&id("base"), None, &CreateOpts::ro()).await?;
+                let f = std::fs::File::open(&tar)?;
+                d.apply_diff(&id("base"), None, Box::new(f)).await?;
+                println!(
+                    "FIGURE {name} import-2000-files {} ms",
+                    t.elapsed().as_millis()
+                );
+                let mut total = 0u128;
+                for i in 0..10 {
+                    let t = std::time::Instant::now();
+                    d.create(&id(&format!("c{i}")), Some(&id("base")), &CreateOpts::rw())
+                        .await?;
+                    total += t.elapsed().as_millis();
+                }
+                println!(
+                    "FIGURE {name} create-snapshot-layer {} ms (mean of 10)",
+                    total / 10
+                );
+                {
+                    let v = d.view(&id("c0"), true).await?;
+                    for i in 0..100 {
+                        let p = v.path().join(format!("d{}", i % 50)).join(format!("f{i}"));
+                        std::fs::write(p, b"changed")?;
+                    }
+                }
+                let mut runs = Vec::new();
+                for _ in 0..3 {
+                    let t = std::time::Instant::now();
+                    d.diff(&id("c0"), Some(&id("base")), Box::new(std::io::sink()))
+                        .await?;
+                    runs.push(t.elapsed().as_millis());
+                }
+                runs.sort();
+                println!(
+                    "FIGURE {name} child-diff-100-changes {} ms (median of 3)",
+                    runs[1]
+                );
+                Ok(())
+            }
+            .await;
+            d.cleanup().await?;
+            res?;
+        }
+        Ok::<_, anyhow::Error>(())
+    })
+    .unwrap();
+}
