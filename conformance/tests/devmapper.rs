@@ -190,22 +190,17 @@ fn id(s: &str) -> LayerId {
     LayerId::new(s).unwrap()
 }
 
-/// Writes `mib` MiB of incompressible data into the layer.
+/// Writes `mib` MiB of data into the layer.
 async fn fill(d: &Devmapper, l: &LayerId, name: &str, mib: usize) -> Result<()> {
     let p = d.mount(l, &MountOpts::default()).await?;
     let f = p.join(name);
     tokio::task::spawn_blocking(move || -> Result<()> {
         use std::io::Write;
         let mut out = std::fs::File::create(&f)?;
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut buf = vec![0u8; 1 << 20];
+        // The pool neither compresses nor dedupes: one MiB of nonzero
+        // bytes written again and again takes as many blocks as any data.
+        let buf = vec![0x5au8; 1 << 20];
         for _ in 0..mib {
-            for c in buf.chunks_mut(8) {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                c.copy_from_slice(&x.to_le_bytes());
-            }
             out.write_all(&buf)?;
         }
         out.sync_all()?;
