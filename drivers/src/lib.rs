@@ -13,6 +13,8 @@
 pub mod aufs;
 #[cfg(feature = "btrfs")]
 pub mod btrfs;
+#[cfg(feature = "devmapper")]
+pub mod devmapper;
 pub mod fstype;
 pub mod fsutil;
 pub mod mountinfo;

@@ -41,6 +41,10 @@ pub struct DriverOptions {
     #[cfg(feature = "btrfs")]
     #[serde(default)]
     pub btrfs: crate::btrfs::BtrfsOptions,
+    /// `[devmapper]`.
+    #[cfg(feature = "devmapper")]
+    #[serde(default)]
+    pub devmapper: crate::devmapper::DevmapperOptions,
 }
 
 /// Whether driver `name` is compiled into this build.
@@ -58,6 +62,8 @@ pub fn is_built(name: &str) -> Result<()> {
         "btrfs" => Ok(()),
         #[cfg(feature = "aufs")]
         "aufs" => Ok(()),
+        #[cfg(feature = "devmapper")]
+        "devmapper" => Ok(()),
         n if is_known(n) => Err(not_built(n)),
         n => Err(unknown(n)),
     }
@@ -101,6 +107,8 @@ pub fn probe(name: &str, root: &Path) -> Result<()> {
         "btrfs" => crate::btrfs::Btrfs::probe(root),
         #[cfg(feature = "aufs")]
         "aufs" => crate::aufs::Aufs::probe(root),
+        #[cfg(feature = "devmapper")]
+        "devmapper" => crate::devmapper::Devmapper::probe(root),
         n if is_known(n) => Err(not_built(n)),
         n => Err(unknown(n)),
     }
@@ -122,6 +130,8 @@ pub async fn open(name: &str, root: &Path, options: &DriverOptions) -> Result<Ar
         "btrfs" => crate::btrfs::open_driver(root, options.btrfs.clone()).await,
         #[cfg(feature = "aufs")]
         "aufs" => crate::aufs::open_driver(root, options.aufs.clone()).await,
+        #[cfg(feature = "devmapper")]
+        "devmapper" => crate::devmapper::open_driver(root, options.devmapper.clone()).await,
         n if is_known(n) => Err(not_built(n)),
         n => Err(unknown(n)),
     }
