@@ -5,6 +5,7 @@
 //! Every workload is deterministic: the same spec gives the same tree, so
 //! figures from different drivers, runs and machines describe the same work.
 
+pub mod harness;
 pub mod scratch;
 pub mod workloads;
 

@@ -181,6 +181,61 @@ impl Drop for Scratch {
     }
 }
 
+/// Makes the directory a driver's root and work directory live in, for
+/// target `name` of driver `driver`: with `backing` `plain` a directory of
+/// the scratch space (or, for overlay when the host filesystem cannot
+/// carry it, an ext4 loop image); otherwise a loop image of that
+/// filesystem (`btrfs`, `xfs` with reflink, `ext4`) of `bytes`. Checks
+/// with the registry's probe that the driver can work there. Returns the
+/// directory and a description of its filesystem. Blocking.
+///
+/// # Errors
+/// The failing step, or the probe's reason.
+pub fn prepare_backing(
+    scratch: &mut Scratch,
+    name: &str,
+    driver: &str,
+    backing: &str,
+    bytes: u64,
+) -> Result<(PathBuf, String)> {
+    use strata_drivers::registry;
+    if backing == "plain" {
+        let dir = scratch.path().join(name);
+        fs::create_dir_all(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
+        match registry::probe(driver, &dir.join("root")) {
+            Ok(()) => {
+                let what = format!("plain directory ({})", fs_type(&dir));
+                return Ok((dir, what));
+            }
+            // Overlay cannot stack on every filesystem: use ext4 then.
+            Err(_) if driver == "overlay" => {}
+            Err(e) => return Err(e.into()),
+        }
+        let mnt = scratch.loop_fs(name, "ext4", bytes)?;
+        registry::probe(driver, &mnt.join("root"))?;
+        return Ok((mnt, "ext4 loop image".into()));
+    }
+    let mnt = scratch.loop_fs(name, backing, bytes)?;
+    registry::probe(driver, &mnt.join("root"))?;
+    let what = match backing {
+        "xfs" => "xfs loop image, reflink=1".to_string(),
+        b => format!("{b} loop image"),
+    };
+    Ok((mnt, what))
+}
+
+/// The filesystem type of `dir` as `stat -f` names it.
+fn fs_type(dir: &Path) -> String {
+    Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(dir)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "?".into())
+}
+
 /// Decodes the octal escapes (`\040`) of a `/proc/self/mountinfo` field.
 fn unescape(field: &str) -> PathBuf {
     use std::os::unix::ffi::OsStringExt;

@@ -104,12 +104,14 @@ impl Workload {
 pub enum Size {
     /// Seconds per driver: for tests.
     Tiny,
-    /// The default: the whole compare of vfs, vfs-reflink, overlay and btrfs
-    /// in a few minutes on 2 cores.
+    /// The default: a 2,000-file, 24 MB tree, a 256 MiB read file, churn
+    /// and deep chains cut at 8 s each; the whole compare in a few minutes
+    /// on 2 cores.
     Small,
-    /// A rootfs-sized tree (160 MB, 6,000 files).
+    /// A rootfs-sized tree (160 MB, 6,000 files), a 1 GiB read file, the
+    /// full 200 churn cycles and chains of up to 500 layers.
     Medium,
-    /// A large tree (600 MB, 20,000 files).
+    /// A large tree (600 MB, 20,000 files), otherwise as medium.
     Large,
 }
 
@@ -166,7 +168,14 @@ impl Size {
                 budget: Some(Duration::from_secs(4)),
                 ..base
             },
-            Size::Small => base,
+            // The default: a 256 MiB read file and 8 s budgets keep the
+            // whole compare of vfs, vfs-reflink, overlay and btrfs (and
+            // containers-storage) within minutes on 2 shared cores.
+            Size::Small => Params {
+                read_bytes: 256 << 20,
+                budget: Some(Duration::from_secs(8)),
+                ..base
+            },
             Size::Medium => Params {
                 rootfs: RootfsSpec::MEDIUM,
                 budget: None,

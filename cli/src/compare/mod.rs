@@ -543,44 +543,10 @@ async fn setup_backing(
     );
     tokio::task::spawn_blocking(move || {
         let mut s = scratch.lock().expect("lock");
-        if backing == "plain" {
-            let dir = s.path().join(&name);
-            std::fs::create_dir_all(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
-            match registry::probe(&driver, &dir.join("root")) {
-                Ok(()) => {
-                    let what = format!("plain directory ({})", fs_type(&dir));
-                    return Ok((dir, what));
-                }
-                Err(e) if driver == "overlay" => {
-                    // Overlay cannot stack on this filesystem: use ext4.
-                    let _ = e;
-                }
-                Err(e) => return Err(e.into()),
-            }
-            let mnt = s.loop_fs(&name, "ext4", bytes)?;
-            return Ok((mnt, "ext4 loop image".into()));
-        }
-        let mnt = s.loop_fs(&name, &backing, bytes)?;
-        registry::probe(&driver, &mnt.join("root"))?;
-        let what = match backing.as_str() {
-            "xfs" => "xfs loop image, reflink=1".to_string(),
-            b => format!("{b} loop image"),
-        };
-        Ok((mnt, what))
+        strata_benches::scratch::prepare_backing(&mut s, &name, &driver, &backing, bytes)
     })
     .await
     .context("setup panicked")?
-}
-
-fn fs_type(dir: &Path) -> String {
-    std::process::Command::new("stat")
-        .args(["-f", "-c", "%T"])
-        .arg(dir)
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "?".into())
 }
 
 fn host_line() -> String {
