@@ -248,15 +248,10 @@ fn sigint_mid_run_leaves_nothing_and_exits_non_zero() {
         );
         std::thread::sleep(Duration::from_millis(50));
     };
-    let mut child = run.child.take().unwrap();
     let mut err = String::new();
     use std::io::Read as _;
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let mut pipe = run.child.as_mut().unwrap().stderr.take().unwrap();
+    pipe.read_to_string(&mut err).unwrap();
     assert!(
         !status.success(),
         "exit status {status} after SIGINT; {err}"
