@@ -1,7 +1,13 @@
-//! Workloads shared by the criterion benches and (later) `strata compare`.
+//! Workloads shared by the criterion benches and `strata compare`: the
+//! rootfs generator here, the workloads in [`workloads`], scratch space with
+//! loop filesystems and a leak-proof teardown in [`scratch`].
 //!
 //! Every workload is deterministic: the same spec gives the same tree, so
 //! figures from different drivers, runs and machines describe the same work.
+
+pub mod harness;
+pub mod scratch;
+pub mod workloads;
 
 use anyhow::{Context, Result};
 use std::fs;
@@ -153,7 +159,8 @@ pub fn tar_of_tree(dir: &Path, out: &Path) -> Result<()> {
 
 /// Makes `n` small changes under a layer's mounted tree `dir` that holds a
 /// [`generate_rootfs`] tree: rewrites, chmods, deletes and new files, spread
-/// over the tree, deterministic for a given seed.
+/// over the tree, deterministic for a given seed. Each change is on a
+/// different file (at most one change per file of the tree).
 pub fn small_changes(dir: &Path, n: usize, seed: u64) -> Result<()> {
     let mut rng = Rng::new(seed);
     let mut files = Vec::new();
@@ -164,8 +171,13 @@ pub fn small_changes(dir: &Path, n: usize, seed: u64) -> Result<()> {
     if files.is_empty() {
         anyhow::bail!("no files under {}", dir.display());
     }
+    // Distinct files (a partial Fisher-Yates shuffle), so no change touches
+    // a file an earlier one deleted.
+    let n = n.min(files.len());
     for i in 0..n {
-        let p = &files[rng.below(files.len() as u64) as usize];
+        let j = i + rng.below((files.len() - i) as u64) as usize;
+        files.swap(i, j);
+        let p = &files[i];
         match i % 4 {
             0 => fs::write(p, format!("changed {i}\n"))?,
             1 => fs::set_permissions(p, fs::Permissions::from_mode(0o600))?,

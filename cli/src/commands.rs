@@ -65,6 +65,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     if let Cmd::Check { filter } = &cli.cmd {
         return crate::check::run(&cli, filter.as_deref()).await;
     }
+    if let Cmd::Compare(args) = &cli.cmd {
+        return crate::compare::run(args, cli.json).await;
+    }
     if let Cmd::Diff { output: None, .. } = &cli.cmd {
         if cli.json {
             use clap::CommandFactory;
@@ -249,6 +252,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Cmd::Check { .. } => unreachable!("handled above"),
+        Cmd::Compare(_) => unreachable!("handled above"),
     }
     Ok(ExitCode::SUCCESS)
 }

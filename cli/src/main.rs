@@ -5,6 +5,7 @@
 
 mod check;
 mod commands;
+mod compare;
 mod progress;
 
 use clap::{Parser, Subcommand};
@@ -131,6 +132,10 @@ pub enum Cmd {
         #[arg(long, value_name = "TEXT")]
         filter: Option<String>,
     },
+    /// Measure every driver this host can run on the same workloads,
+    /// against references measured in the same run; writes a table, JSON,
+    /// SVG charts and a Markdown report.
+    Compare(compare::CompareArgs),
     /// Check the store's consistency.
     Fsck {
         /// Mend what can be mended.
