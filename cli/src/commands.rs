@@ -20,7 +20,8 @@ pub fn config(cli: &Cli) -> Result<Config> {
     })?)
 }
 
-fn print_json(v: &impl serde::Serialize) -> Result<()> {
+/// Prints `v` as pretty JSON on stdout.
+pub fn print_json(v: &impl serde::Serialize) -> Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, v).context("write JSON")?;
     writeln!(out).context("write stdout")?;
@@ -64,6 +65,9 @@ fn stdin_source(msg: &'static str) -> Result<(TarSource, indicatif::ProgressBar)
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     if let Cmd::Check { filter } = &cli.cmd {
         return crate::check::run(&cli, filter.as_deref()).await;
+    }
+    if let Cmd::Migrate(args) = &cli.cmd {
+        return crate::migrate::run(&cli, args).await;
     }
     if let Cmd::Diff { output: None, .. } = &cli.cmd {
         if cli.json {
@@ -248,7 +252,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
         }
-        Cmd::Check { .. } => unreachable!("handled above"),
+        Cmd::Check { .. } | Cmd::Migrate(_) => unreachable!("handled above"),
     }
     Ok(ExitCode::SUCCESS)
 }

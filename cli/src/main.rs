@@ -5,6 +5,7 @@
 
 mod check;
 mod commands;
+mod migrate;
 mod progress;
 
 use clap::{Parser, Subcommand};
@@ -131,6 +132,9 @@ pub enum Cmd {
         #[arg(long, value_name = "TEXT")]
         filter: Option<String>,
     },
+    /// Move every layer to another driver (or root), verified and
+    /// resumable; or import a Docker AUFS store.
+    Migrate(migrate::Args),
     /// Check the store's consistency.
     Fsck {
         /// Mend what can be mended.
