@@ -52,7 +52,7 @@ use rusqlite::{params, Connection};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use strata_driver_api::{CreateOpts, Driver, Error as DError, IoContext, LayerId};
+use strata_driver_api::{CreateOpts, Driver, Error as DError, IoContext, LayerId, TarSink};
 use strata_drivers::registry;
 
 const META_FROM: &str = "migrate_from";
@@ -117,6 +117,25 @@ pub struct MigrateReport {
     pub resumed: bool,
     /// The source layers were kept.
     pub source_kept: bool,
+    /// Layers (copied by this run) whose diff in the target driver is
+    /// another tar than in the source, for the same tree: overlay's opaque
+    /// directories become explicit whiteouts in drivers without opaque
+    /// directories (vfs, btrfs). Their trees were proven equal (the tree
+    /// comparisons of both drivers give the same tar) and their recorded
+    /// digest is now the target's.
+    pub redigested: Vec<Redigest>,
+}
+
+/// A layer whose recorded digest changed with the driver (see
+/// [`MigrateReport::redigested`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Redigest {
+    /// The layer.
+    pub id: LayerId,
+    /// Its diff's digest in the source driver.
+    pub from: String,
+    /// Its diff's digest in the target driver (recorded now).
+    pub to: String,
 }
 
 /// The migration recorded in a store's database.
@@ -395,6 +414,7 @@ pub async fn migrate(
         bytes: 0,
         resumed,
         source_kept: plan.keep,
+        redigested: Vec::new(),
     };
     for id in &order {
         let l = by_id[id.as_str()];
@@ -403,8 +423,15 @@ pub async fn migrate(
             if step.is_some() {
                 progress.note(&format!("layer {id}: redoing an interrupted copy"));
             }
-            let (bytes, digest) = copy_one(&store, &target, l, &plan, in_place).await?;
+            let (bytes, digest, redigest) = copy_one(&store, &target, l, &plan, in_place).await?;
             steps.insert(id.to_string(), (Step::Copied, Some(digest)));
+            if let Some(r) = redigest {
+                progress.note(&format!(
+                    "layer {id}: same tree, another diff in {}: digest {} is now {}",
+                    plan.to, r.from, r.to
+                ));
+                report.redigested.push(r);
+            }
             report.copied += 1;
             report.bytes += bytes;
             progress.layer_done(id, bytes);
@@ -604,14 +631,14 @@ async fn copy_one(
     l: &Layer,
     plan: &Plan,
     in_place: bool,
-) -> Result<(u64, String)> {
+) -> Result<(u64, String, Option<Redigest>)> {
     let id = &l.id;
     // What an interrupted copy (or an earlier --keep-source run) left.
     remove_from(target, id).await?;
     set_step(store, id, Step::Copying, None)?;
     crash::point("migrate:after-mark");
     let res = copy_verified(store, target, l).await;
-    let (bytes, digest) = match res {
+    let (bytes, src_digest, digest) = match res {
         Ok(v) => v,
         Err(e) => {
             if let Err(e2) = remove_from(target, id).await {
@@ -636,8 +663,12 @@ async fn copy_one(
         )
         .map_err(e())?;
         if in_place {
+            // A recorded digest follows the copy's own diff (they differ
+            // only where the trees were proven equal, see copy_verified).
             tx.execute(
-                "UPDATE layers SET driver = ?1, digest = ?2 WHERE id = ?3",
+                "UPDATE layers SET driver = ?1,
+                     digest = CASE WHEN digest IS NULL THEN NULL ELSE ?2 END
+                 WHERE id = ?3",
                 params![to, digest, id.as_str()],
             )
             .map_err(e())?;
@@ -645,14 +676,21 @@ async fn copy_one(
         Ok(())
     })?;
     crash::point("migrate:after-copied");
-    Ok((bytes, digest))
+    let redigest = (src_digest != digest).then(|| Redigest {
+        id: id.clone(),
+        from: src_digest,
+        to: digest.clone(),
+    });
+    Ok((bytes, digest, redigest))
 }
 
+/// Copies one layer and verifies the copy; returns the bytes of content,
+/// the source's diff digest and the copy's.
 async fn copy_verified(
     store: &Store,
     target: &Arc<dyn Driver>,
     l: &Layer,
-) -> Result<(u64, String)> {
+) -> Result<(u64, String, String)> {
     let id = &l.id;
     let parent = l.parent.as_ref();
     target
@@ -695,25 +733,43 @@ async fn copy_verified(
             });
         }
     }
-    let (w, st) = HashingWriter::new(std::io::sink());
-    drop(target.diff(id, parent, Box::new(w)).await?);
-    let (new_digest, _) = st.finish();
+    let new_digest = digest_of(|out| target.diff(id, parent, out)).await?;
     if new_digest != src_digest {
-        return Err(Error::Migration {
-            root: store.root().to_path_buf(),
-            msg: format!(
-                "layer {id}: the {} copy's diff is {new_digest}, the {} source's \
-                 {src_digest}; not migrated (the copy was removed)",
-                target.name(),
-                store.driver().name()
-            ),
-        });
+        // Another representation of the same change (overlay's opaque
+        // directory is explicit whiteouts in a driver without opaque
+        // directories): then both drivers' tree comparisons must agree.
+        let source = store.driver();
+        let a = digest_of(|out| strata_driver_api::naive_diff(&**source, id, parent, out)).await?;
+        let b = digest_of(|out| strata_driver_api::naive_diff(&**target, id, parent, out)).await?;
+        if a != b {
+            return Err(Error::Migration {
+                root: store.root().to_path_buf(),
+                msg: format!(
+                    "layer {id}: the {} copy's diff is {new_digest}, the {} source's \
+                     {src_digest}, and their trees differ ({b} against {a}); not migrated \
+                     (the copy was removed)",
+                    target.name(),
+                    store.driver().name()
+                ),
+            });
+        }
     }
     let dir = target.root().to_path_buf();
     tokio::task::spawn_blocking(move || fsinfo::syncfs(&dir))
         .await
         .map_err(strata_driver_api::join_error)??;
-    Ok((bytes, src_digest))
+    Ok((bytes, src_digest, new_digest))
+}
+
+/// `sha256:` of the tar `diff` writes, which is not kept.
+async fn digest_of<F, Fut>(diff: F) -> Result<String>
+where
+    F: FnOnce(TarSink) -> Fut,
+    Fut: std::future::Future<Output = strata_driver_api::Result<TarSink>>,
+{
+    let (w, st) = HashingWriter::new(std::io::sink());
+    drop(diff(Box::new(w)).await?);
+    Ok(st.finish().0)
 }
 
 /// Records the target as the store's driver (see the module docs).
@@ -752,9 +808,11 @@ async fn finish(
             .transaction()
             .map_err(Error::db(&tdb, "write migrated records"))?;
         for l in layers {
-            let digest = steps
-                .get(l.id.as_str())
-                .and_then(|s| s.1.clone())
+            // A recorded digest follows the copy's own diff.
+            let digest = l
+                .digest
+                .as_ref()
+                .and(steps.get(l.id.as_str()).and_then(|s| s.1.clone()))
                 .or_else(|| l.digest.clone());
             let labels = serde_json::to_string(&l.labels).unwrap_or_else(|_| "{}".into());
             tx.execute(
