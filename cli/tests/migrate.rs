@@ -420,8 +420,8 @@ fn pair(test: &str, lfs: &LoopFs, from: &str, to: &str) {
         "{test}: {from} -> {to}: {LAYERS} layers migrated in {:.1}s ({:.1}s with checks), \
          {} with another diff for the same tree",
         migrated.as_secs_f64(),
-        redigested.len(),
-        t0.elapsed().as_secs_f64()
+        t0.elapsed().as_secs_f64(),
+        redigested.len()
     );
 }
 
@@ -585,8 +585,8 @@ fn to_root_keeping_the_source_and_refusing_mounted_layers() {
     assert!(err.contains("ctr") && err.contains("mounted"), "{err}");
     // Refused before anything was recorded: the store works as before.
     st.ok(&["unmount", "ctr"]);
-    let before = st.records();
     let trees = st.trees(&["base".to_string(), "ctr".to_string()]);
+    let before = st.records();
     let new_root = st.dir.join("new-root");
     let out = st.ok(&[
         "migrate",
@@ -602,8 +602,9 @@ fn to_root_keeping_the_source_and_refusing_mounted_layers() {
     assert_same(&st.records(), &before, "the kept store");
     st.fsck_verify_clean();
     // ... and the new one has the same layers with the target driver.
+    std::fs::create_dir_all(st.dir.join("moved")).unwrap();
     let moved = St {
-        dir: st.dir.join("unused"),
+        dir: st.dir.join("moved"),
         root: new_root.clone(),
         config: st.config.clone(),
     };
