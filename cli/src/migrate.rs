@@ -14,7 +14,7 @@ use strata_store::Store;
 
 /// The arguments of `strata migrate`.
 #[derive(clap::Args, Debug)]
-#[command(group(clap::ArgGroup::new("what").required(true).args(["to", "from_docker_aufs"])))]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["to", "from_docker_aufs", "abort"])))]
 pub struct Args {
     /// The driver to move every layer to.
     #[arg(long, value_name = "DRIVER")]
@@ -30,6 +30,10 @@ pub struct Args {
     /// the configured driver.
     #[arg(long, value_name = "DIR", conflicts_with = "to")]
     pub from_docker_aufs: Option<PathBuf>,
+    /// Abandon an interrupted migration while every layer still has its
+    /// source copy: removes the copies made so far.
+    #[arg(long, conflicts_with_all = ["to", "from_docker_aufs"])]
+    pub abort: bool,
 }
 
 /// Progress on stderr: a bar (layers done, bytes, estimate) on a terminal,
@@ -138,6 +142,19 @@ pub async fn run(cli: &Cli, args: &Args) -> Result<ExitCode> {
                 report.driver,
                 report.skipped,
                 report.bytes
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.abort {
+        let bar = Bar::new("abort");
+        let report = migrate::abort(&cfg, &bar).await?;
+        if cli.json {
+            crate::commands::print_json(&report)?;
+        } else {
+            println!(
+                "aborted the migration to {}: removed {} copies; the store keeps driver {}",
+                report.to, report.removed, report.driver
             );
         }
         return Ok(ExitCode::SUCCESS);

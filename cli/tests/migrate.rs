@@ -641,6 +641,65 @@ fn to_root_keeping_the_source_and_refusing_mounted_layers() {
     }
 }
 
+#[test]
+fn abort_while_every_source_is_there() {
+    let test = "abort_while_every_source_is_there";
+    if !need_root(test) {
+        return;
+    }
+    let Some(lfs) = loop_btrfs(test) else { return };
+    let to = built().into_iter().find(|d| *d != "vfs").unwrap_or("vfs");
+    let st = St::new(lfs.path(), "abort");
+    let scratch = st.dir.join("scratch");
+    for (i, id) in ["a", "b", "c"].iter().enumerate() {
+        let src = scratch.join(id);
+        write(&src.join(format!("f{i}")), id);
+        tar_dir(&src, &scratch.join(format!("{id}.tar")));
+        let mut args = vec!["--driver", "vfs", "import", "--id", id];
+        let parent = ["a", "b"].get(i.wrapping_sub(1)).copied();
+        if let Some(p) = parent {
+            args.extend(["--parent", p]);
+        }
+        let tar = scratch.join(format!("{id}.tar"));
+        args.push(tar.to_str().unwrap());
+        st.ok(&args);
+    }
+    let ids: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+    let trees = st.trees(&ids);
+    let before = st.records();
+    use std::os::unix::process::ExitStatusExt;
+    // Killed after copying two layers, none of the sources removed yet.
+    let o = st
+        .cmd(&["migrate", "--to", to])
+        .env("STRATA_TEST_CRASH_AT", "migrate:after-copied#2")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.signal(), Some(9));
+    let out = st.ok(&["migrate", "--abort"]);
+    assert!(out.contains("removed 2 copies"), "{out}");
+    assert_eq!(st.driver(), "vfs");
+    assert_same(&st.records(), &before, "records after abort");
+    assert_same(&st.trees(&ids), &trees, "trees after abort");
+    st.fsck_verify_clean();
+    assert!(present(&st.root, to, &ids).is_empty());
+    // Nothing left to abort.
+    assert_eq!(st.run(&["migrate", "--abort"]).status.code(), Some(1));
+    // Once a source layer is gone, abort is refused and finishing works.
+    let o = st
+        .cmd(&["migrate", "--to", to])
+        .env("STRATA_TEST_CRASH_AT", "migrate:after-source-remove#1")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.signal(), Some(9));
+    let o = st.run(&["migrate", "--abort"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot abort"));
+    st.ok(&["migrate", "--to", to]);
+    assert_eq!(st.driver(), to);
+    assert_same(&st.trees(&ids), &trees, "trees after finishing");
+    st.fsck_verify_clean();
+}
+
 /// Docker's 64-hex ids for the hand-made AUFS store.
 fn hex_id(c: char) -> String {
     std::iter::repeat_n(c, 64).collect()

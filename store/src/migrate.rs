@@ -195,7 +195,8 @@ pub fn refuse_if_migrating(conn: &Connection, root: &Path) -> Result<()> {
             root: root.to_path_buf(),
             msg: format!(
                 "a migration from driver {from} to driver {to} is in progress or was interrupted; \
-                 run `strata migrate --to {to}{root_arg}` to finish it"
+                 run `strata migrate --to {to}{root_arg}` to finish it \
+                 (or `strata migrate --abort` to abandon it)"
             ),
         });
     }
@@ -462,6 +463,91 @@ pub async fn migrate(
     crash::point("migrate:before-finish");
     finish(&store, &target, &plan, &layers, &steps, in_place, progress).await?;
     Ok(report)
+}
+
+/// What [`abort`] undid.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct AbortReport {
+    /// The driver the store keeps.
+    pub driver: String,
+    /// The driver the aborted migration was going to.
+    pub to: String,
+    /// Copies removed from the target driver.
+    pub removed: usize,
+}
+
+/// Abandons an interrupted (or failed) migration of the store `cfg`
+/// describes, while every layer still has its source copy: removes the
+/// target driver's copies and forgets the migration, so the store is as
+/// before it started. Idempotent in effect (a second call finds nothing to
+/// abort: an error).
+///
+/// # Errors
+/// [`Error::Migration`] when no migration is recorded, or when some source
+/// layers are already removed (then only finishing it keeps every layer:
+/// the error says how); driver errors removing copies; [`Error::Db`].
+pub async fn abort(cfg: &Config, progress: &dyn Progress) -> Result<AbortReport> {
+    let mut cfg = cfg.clone();
+    cfg.driver = AUTO.into();
+    let store = Store::open_inner(&cfg, true).await?;
+    let root = absolute(store.root())?;
+    let _lock = store.lock().await?;
+    let Some(plan) = read_plan(&store)? else {
+        return Err(Error::Migration {
+            root,
+            msg: "no migration to abort".into(),
+        });
+    };
+    let steps = read_steps(&store)?;
+    // A source copy may be gone before its step says so (killed between
+    // the removal and the record): ask the driver.
+    let mut gone = 0;
+    for (id, (step, _)) in &steps {
+        if *step != Step::Copying {
+            let lid = LayerId::new(id.clone())?;
+            if !store.driver().exists(&lid).await? {
+                gone += 1;
+            }
+        }
+    }
+    if gone > 0 {
+        return Err(Error::Migration {
+            root,
+            msg: format!(
+                "cannot abort: {gone} layers are already only in driver {}; finish the \
+                 migration with `strata migrate --to {}` (it resumes)",
+                plan.to, plan.to
+            ),
+        });
+    }
+    let target = registry::open(&plan.to, &plan.to_root, &cfg.drivers).await?;
+    let removed = target.list().await?.len();
+    purge_leftovers(&target, &HashMap::new(), progress).await?;
+    let db_path = store.db_path().to_path_buf();
+    store.write("abort migration", |tx| {
+        let e = || Error::db(&db_path, "abort migration");
+        tx.execute("UPDATE layers SET driver = ?1", [&plan.from])
+            .map_err(e())?;
+        tx.execute(
+            "DELETE FROM meta WHERE key IN (?1, ?2, ?3, ?4)",
+            params![META_FROM, META_TO, META_TO_ROOT, META_KEEP],
+        )
+        .map_err(e())?;
+        tx.execute("DELETE FROM migration", []).map_err(e())?;
+        Ok(())
+    })?;
+    if let Err(e) = target.cleanup().await {
+        tracing::warn!("cleanup of driver {}: {e}", target.name());
+    }
+    let dir = plan.to_root.join(&plan.to);
+    if std::fs::remove_dir_all(&dir).is_ok() && plan.to_root != root {
+        let _ = std::fs::remove_dir(&plan.to_root);
+    }
+    Ok(AbortReport {
+        driver: plan.from,
+        to: plan.to,
+        removed,
+    })
 }
 
 /// Removes the target driver's layers that this migration has not copied

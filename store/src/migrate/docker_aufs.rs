@@ -314,3 +314,72 @@ pub async fn import(store: &Store, dir: &Path, progress: &dyn Progress) -> Resul
     }
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(c: char) -> String {
+        std::iter::repeat_n(c, 64).collect()
+    }
+
+    fn write(p: &Path, s: &str) {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, s).unwrap();
+    }
+
+    #[test]
+    fn layout_is_read_parents_first_and_checked() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path();
+        let (a, b, c) = (id('a'), id('b'), format!("{}-init", id('c')));
+        for x in [&a, &b, &c] {
+            std::fs::create_dir_all(d.join("diff").join(x)).unwrap();
+        }
+        write(&d.join("layers").join(&c), &format!("{b}\n{a}\n"));
+        write(&d.join("layers").join(&a), "");
+        write(&d.join("layers").join(&b), &format!("{a}\n"));
+        write(&d.join("layers/x-removing"), "");
+        let l = read_layout(d).unwrap();
+        let ids: Vec<&str> = l.iter().map(|l| l.id.as_str()).collect();
+        assert_eq!(ids, [a.as_str(), b.as_str(), c.as_str()]);
+        assert_eq!(l[2].parent().unwrap().as_str(), b);
+        // Ancestor lists that disagree are refused, naming the layer.
+        write(&d.join("layers").join(&c), &format!("{b}\n{c}\n"));
+        let e = read_layout(d).unwrap_err().to_string();
+        assert!(e.contains(&c), "{e}");
+        // A missing diff directory too.
+        write(&d.join("layers").join(&c), &format!("{b}\n{a}\n"));
+        std::fs::remove_dir(d.join("diff").join(&b)).unwrap();
+        let e = read_layout(d).unwrap_err().to_string();
+        assert!(e.contains("diff directory"), "{e}");
+        // Not an aufs store at all.
+        let e = read_layout(&d.join("diff")).unwrap_err().to_string();
+        assert!(e.contains("layers/"), "{e}");
+    }
+
+    #[test]
+    fn branch_items_map_whiteouts_and_skip_aufs_metadata() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path();
+        write(&d.join("etc/passwd"), "x");
+        write(&d.join("etc/.wh.group"), "");
+        write(&d.join("usr/.wh..wh..opq"), "");
+        write(&d.join(".wh..wh.plnk/1.2"), "link");
+        write(&d.join(".wh..wh.aufs"), "");
+        std::fs::create_dir_all(d.join(".wh..wh.orph")).unwrap();
+        let (mut items, bytes) = branch_items(d).unwrap();
+        items.sort();
+        assert_eq!(bytes, 1);
+        assert_eq!(
+            items,
+            [
+                Item::Entry("etc".into()),
+                Item::Entry("etc/passwd".into()),
+                Item::Entry("usr".into()),
+                Item::Whiteout("etc/group".into()),
+                Item::Opaque("usr".into()),
+            ]
+        );
+    }
+}
