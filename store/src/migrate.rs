@@ -5,10 +5,20 @@
 //! For each layer, parents first, the source driver's canonical diff is
 //! streamed (through a pipe, never held in memory) into a new layer of the
 //! target driver with the same id, parent, read-only flag and labels. The
-//! target's own diff of the new layer must then have the digest of the
-//! source's diff (and of the recorded digest, when there is one) before
-//! anything else happens; only then is the layer recorded as migrated, and
-//! only after that is the source layer removed (unless `keep_source`).
+//! source's diff must have the layer's recorded digest (when there is
+//! one), and the target's own diff of the new layer must have the digest
+//! of the source's diff, before anything else happens; only then is the
+//! layer recorded as migrated, and only after that is the source layer
+//! removed (unless `keep_source`).
+//!
+//! One exception to equal digests: the same tree can have two canonical
+//! diffs. Overlay keeps an opaque directory as such (`.wh..wh..opq`),
+//! while drivers that store full trees (vfs, btrfs) can only show it as a
+//! whiteout per hidden name. Then the copy is accepted only if the tree
+//! comparisons of both drivers (the naive differ over each driver's views)
+//! give the same tar, i.e. the layer's tree is the same; the recorded
+//! digest becomes the target's, and the report lists the layer
+//! ([`MigrateReport::redigested`]).
 //! A source layer is removed as soon as all of its children are migrated
 //! and removed, so the data held twice stays small.
 //!
@@ -40,6 +50,9 @@
 //!   driver; the old root's records are deleted and it is marked as moved,
 //!   so opening it says where the store went. With `keep_source` the old
 //!   store stays as it was and usable: the migration is a verified copy.
+//!
+//! [`abort`] abandons a migration while every layer still has its source
+//! copy (for example after a copy failed verification).
 
 pub mod docker_aufs;
 
@@ -340,9 +353,11 @@ pub(crate) fn pipe(what: &str) -> Result<(std::fs::File, std::fs::File)> {
 /// or `to_root` holds another store; `Unsupported` when the target is not
 /// built or cannot work on the target root; `Busy` listing every mounted
 /// layer (and [`Error::State`] listing layers another process works on);
-/// `Io`/`Archive` from copying; `Io` naming the layer when a migrated
-/// layer's digest differs from the source's (the target copy is removed,
-/// the source stays).
+/// `Io`/`Archive` from copying; [`Error::Migration`] naming the layer when
+/// the source's diff is not its recorded digest, or when the copy's tree
+/// differs from the source's (the copy is removed, the source stays, and
+/// the migration stays recorded: finish it after fixing the layer, or
+/// [`abort`] it).
 pub async fn migrate(
     cfg: &Config,
     opts: &MigrateOpts,
@@ -362,7 +377,7 @@ pub async fn migrate(
             };
             if plan.to != opts.to || plan.to_root != asked_root || plan.keep != opts.keep_source {
                 return Err(Error::Migration {
-                    root,
+                    root: root.clone(),
                     msg: format!(
                         "an interrupted migration to driver {} (root {}{}) must be finished first: \
                          run `strata migrate --to {}{}{}`",
@@ -370,7 +385,7 @@ pub async fn migrate(
                         plan.to_root.display(),
                         if plan.keep { ", keeping the source" } else { "" },
                         plan.to,
-                        if plan.to_root == store.root() {
+                        if plan.to_root == root {
                             String::new()
                         } else {
                             format!(" --to-root {}", plan.to_root.display())
