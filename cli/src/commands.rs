@@ -20,7 +20,8 @@ pub fn config(cli: &Cli) -> Result<Config> {
     })?)
 }
 
-fn print_json(v: &impl serde::Serialize) -> Result<()> {
+/// Prints `v` as pretty JSON on stdout.
+pub fn print_json(v: &impl serde::Serialize) -> Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, v).context("write JSON")?;
     writeln!(out).context("write stdout")?;
@@ -67,6 +68,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     }
     if let Cmd::Compare(args) = &cli.cmd {
         return crate::compare::run(args, cli.json).await;
+    }
+    if let Cmd::Migrate(args) = &cli.cmd {
+        return crate::migrate::run(&cli, args).await;
     }
     if let Cmd::Diff { output: None, .. } = &cli.cmd {
         if cli.json {
@@ -251,8 +255,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
         }
-        Cmd::Check { .. } => unreachable!("handled above"),
-        Cmd::Compare(_) => unreachable!("handled above"),
+        Cmd::Check { .. } | Cmd::Compare(_) | Cmd::Migrate(_) => unreachable!("handled above"),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -6,6 +6,7 @@
 mod check;
 mod commands;
 mod compare;
+mod migrate;
 mod progress;
 
 use clap::{Parser, Subcommand};
@@ -136,6 +137,9 @@ pub enum Cmd {
     /// against references measured in the same run; writes a table, JSON,
     /// SVG charts and a Markdown report.
     Compare(compare::CompareArgs),
+    /// Move every layer to another driver (or root), verified and
+    /// resumable; or import a Docker AUFS store.
+    Migrate(migrate::Args),
     /// Check the store's consistency.
     Fsck {
         /// Mend what can be mended.

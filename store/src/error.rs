@@ -55,6 +55,15 @@ pub enum Error {
         /// The driver that was asked for.
         asked: String,
     },
+    /// The root is being migrated to another driver (or was moved to
+    /// another root) by `strata migrate`; it cannot be used meanwhile.
+    #[error("root {}: {msg}", root.display())]
+    Migration {
+        /// The store's root.
+        root: PathBuf,
+        /// What is going on and what to run.
+        msg: String,
+    },
     /// The layer is in a state that forbids the operation (being created or
     /// removed by another process).
     #[error("layer {id}: {why}")]

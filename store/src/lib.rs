@@ -17,6 +17,7 @@ mod error;
 pub mod fsck;
 pub mod fsinfo;
 pub mod lock;
+pub mod migrate;
 pub mod owner;
 pub mod select;
 mod store;

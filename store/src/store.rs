@@ -88,10 +88,19 @@ impl Store {
     /// [`Error::DriverMismatch`]; [`Error::Db`]; [`Error::Config`] when no
     /// driver works; driver errors from probing or opening.
     pub async fn open(cfg: &Config) -> Result<Store> {
+        Self::open_inner(cfg, false).await
+    }
+
+    /// [`Store::open`]; with `migrating` a root that a migration is moving
+    /// (see [`crate::migrate`]) opens too, instead of being refused.
+    pub(crate) async fn open_inner(cfg: &Config, migrating: bool) -> Result<Store> {
         let root = cfg.root.clone();
         std::fs::create_dir_all(&root).ctx("create root", &root)?;
         let db_path = root.join(DB_FILE);
         let conn = db::open(&db_path)?;
+        if !migrating {
+            crate::migrate::refuse_if_migrating(&conn, &root)?;
+        }
         let recorded = db::meta(&conn, "driver").map_err(Error::db(&db_path, "read driver"))?;
         let owner = select::existing_owner(&root, recorded);
         let selection = select::select(cfg, owner.as_ref())?;
@@ -181,12 +190,12 @@ impl Store {
 
     // ---- database helpers ------------------------------------------------
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+    pub(crate) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Runs `f` in a `BEGIN IMMEDIATE` transaction and commits it.
-    fn write<T>(
+    pub(crate) fn write<T>(
         &self,
         op: &'static str,
         f: impl FnOnce(&Transaction<'_>) -> Result<T>,
@@ -200,7 +209,12 @@ impl Store {
         Ok(v)
     }
 
-    fn exec(&self, op: &'static str, sql: &str, p: impl rusqlite::Params) -> Result<usize> {
+    pub(crate) fn exec(
+        &self,
+        op: &'static str,
+        sql: &str,
+        p: impl rusqlite::Params,
+    ) -> Result<usize> {
         let conn = self.conn();
         db::exec(&conn, &self.db_path, op, sql, p)
     }
@@ -233,11 +247,11 @@ impl Store {
         db::all(&self.conn(), &self.db_path)
     }
 
-    async fn lock(&self) -> Result<RootLock> {
+    pub(crate) async fn lock(&self) -> Result<RootLock> {
         lock::lock(&self.lock_path).await
     }
 
-    async fn sync(&self) -> Result<()> {
+    pub(crate) async fn sync(&self) -> Result<()> {
         let dir = self.driver.root().to_path_buf();
         tokio::task::spawn_blocking(move || fsinfo::syncfs(&dir))
             .await
@@ -292,7 +306,7 @@ impl Store {
 
     /// Unmounts (if mounted) and removes the driver's data of `id`; a layer
     /// the driver does not have is fine.
-    async fn remove_data(&self, id: &LayerId) -> Result<()> {
+    pub(crate) async fn remove_data(&self, id: &LayerId) -> Result<()> {
         if !self.driver.exists(id).await? {
             return Ok(());
         }
@@ -470,7 +484,11 @@ impl Store {
     }
 
     /// `sha256:` of the driver's diff of `id` against `parent`, streamed.
-    async fn digest_of(&self, id: &LayerId, parent: Option<&LayerId>) -> Result<(String, u64)> {
+    pub(crate) async fn digest_of(
+        &self,
+        id: &LayerId,
+        parent: Option<&LayerId>,
+    ) -> Result<(String, u64)> {
         let (w, state) = HashingWriter::new(std::io::sink());
         let sink = self.driver.diff(id, parent, Box::new(w)).await?;
         drop(sink);
