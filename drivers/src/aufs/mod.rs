@@ -699,6 +699,9 @@ impl Driver for Aufs {
             max_depth: self.inner.max_depth(),
             mount_spec: true,
             read_only_mounts: true,
+            // FUSE copy-up relinks the other names; kernel aufs keeps them
+            // through its pseudo-links.
+            copy_up_keeps_links: true,
         }
     }
 

@@ -1016,6 +1016,8 @@ impl Driver for Devmapper {
             max_depth: usize::MAX,
             mount_spec: false,
             read_only_mounts: true,
+            // A snapshot shares every inode: nothing is copied up.
+            copy_up_keeps_links: true,
         }
     }
 
