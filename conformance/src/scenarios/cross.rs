@@ -40,6 +40,23 @@ fn row(
     }
 }
 
+/// [`rich_child`], with `etc/passwd` (which has a second name,
+/// `hard-passwd`, in the base) replaced by a new file rather than written
+/// in place. Writing one name of a lower hard-linked file legitimately
+/// gives different layers on different drivers (overlay with `index=off`
+/// copies up only that name; `Capabilities::copy_up_keeps_links`); the
+/// `hardlinks` scenario checks that per driver. Byte identity across
+/// drivers is asked only of a change set whose meaning every driver shares.
+fn cross_child() -> Vec<crate::ops::Op> {
+    let mut ops = rich_child();
+    let at = ops
+        .iter()
+        .position(|op| op.short().contains("etc/passwd"))
+        .expect("rich_child rewrites etc/passwd");
+    ops.insert(at, crate::ops::rm("etc/passwd"));
+    ops
+}
+
 /// Builds the rich base and child with `factory`'s driver and keeps its
 /// diffs (base on nothing, child on base, child on nothing) in `dir`.
 async fn make_source(factory: &dyn Factory, dir: PathBuf) -> (Outcome, Option<Made>) {
@@ -48,7 +65,7 @@ async fn make_source(factory: &dyn Factory, dir: PathBuf) -> (Outcome, Option<Ma
     let (outcome, _) = run_on_fixture(factory, move |cx: Ctx| {
         Box::pin(async move {
             cx.build("base", None, rich_base()).await?;
-            cx.build("child", Some("base"), rich_child()).await?;
+            cx.build("child", Some("base"), cross_child()).await?;
             let keep = |from: PathBuf, name: &str| -> Result<PathBuf> {
                 let to = dir.join(name);
                 fs::rename(&from, &to).or_else(|_| fs::copy(&from, &to).map(drop))?;

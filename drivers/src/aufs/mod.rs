@@ -784,7 +784,7 @@ impl Driver for Aufs {
             };
             return tokio::task::spawn_blocking(move || {
                 let items = match &base {
-                    Some(v) => native::opaque_as_whiteouts(&diff, v.path(), items)?,
+                    Some(v) => crate::fsutil::opaque_as_whiteouts(&diff, Some(v.path()), items)?,
                     None => items,
                 };
                 archive::write_items(&diff, items, out)

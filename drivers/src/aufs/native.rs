@@ -95,33 +95,6 @@ pub fn branch_items(branch: &Path) -> Result<Vec<Item>> {
     Ok(items)
 }
 
-/// Replaces each `Opaque(dir)` item by whiteouts of the entries the lower
-/// tree (`lower`, the parent's full tree) has in `dir` and the branch does
-/// not: the same deletions, in the form the naive differ writes.
-///
-/// # Errors
-/// [`Error::Io`] naming the directory that could not be read.
-pub fn opaque_as_whiteouts(branch: &Path, lower: &Path, items: Vec<Item>) -> Result<Vec<Item>> {
-    let mut out = Vec::with_capacity(items.len());
-    for it in items {
-        let Item::Opaque(dir) = &it else {
-            out.push(it);
-            continue;
-        };
-        let ld = lower.join(dir);
-        if !fs::symlink_metadata(&ld).is_ok_and(|m| m.is_dir()) {
-            continue;
-        }
-        for e in fs::read_dir(&ld).ctx("readdir", &ld)? {
-            let name = e.ctx("readdir", &ld)?.file_name();
-            if !exists(&branch.join(dir).join(&name))? {
-                out.push(Item::Whiteout(dir.join(&name)));
-            }
-        }
-    }
-    Ok(out)
-}
-
 /// Bytes of the regular files of a branch, hard links once, whiteouts not
 /// counted: what applying its diff writes.
 ///

@@ -746,13 +746,23 @@ impl Driver for Overlay {
 
     async fn diff(&self, id: &LayerId, parent: Option<&LayerId>, out: TarSink) -> Result<TarSink> {
         let (idc, pc) = (id.clone(), parent.cloned());
-        if blocking(&self.inner, move |i| i.native_for(&idc, pc.as_ref()))
-            .await?
-            .is_some()
-        {
+        if let Some(meta) = blocking(&self.inner, move |i| i.native_for(&idc, pc.as_ref())).await? {
             let diff = self.inner.layout.diff(id);
+            let d2 = diff.clone();
+            let items = tokio::task::spawn_blocking(move || native::upper_items(&d2))
+                .await
+                .map_err(join_error)??;
+            // The canonical tar (what the naive differ and the other drivers
+            // write) names each hidden lower entry: an opaque directory
+            // becomes whiteouts of what the parent's tree has in it.
+            let has_opaque = items.iter().any(|i| matches!(i, archive::Item::Opaque(_)));
+            let base = match &meta.parent {
+                Some(p) if has_opaque => Some(self.view(p, false).await?),
+                _ => None,
+            };
             return tokio::task::spawn_blocking(move || {
-                let items = native::upper_items(&diff)?;
+                let lower = base.as_ref().map(View::path);
+                let items = crate::fsutil::opaque_as_whiteouts(&diff, lower, items)?;
                 archive::write_items(&diff, items, out)
             })
             .await
