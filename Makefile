@@ -13,14 +13,19 @@ deps:
 build: deps
 	$(CARGO) build --release -p strata
 
-# The main job.
+# The main job: every driver this host can run, on the same workloads,
+# against references measured in the same run (table, JSON, SVG charts and
+# a Markdown report in ./strata-compare/).
 demo: build
-	./target/release/strata check
+	./target/release/strata compare
 
 lint: deps
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # The whole test suite (root needed for mounts; CI runs it as root).
+# Device-mapper is not in the build hosts' kernels: its tests run under
+# Debian's kernel in a QEMU VM (conformance/vm/run-dm-suite).
 test: lint
 	$(CARGO) test --workspace --no-fail-fast
+	conformance/vm/run-dm-suite

@@ -56,6 +56,17 @@ fn usable(test: &str, name: &str, root: &Path) -> bool {
         Ok(()) => true,
         Err(e) => {
             let why = format!("{test}: driver {name} skipped: {e}");
+            // Device-mapper is not in the build hosts' kernels: CI checks it
+            // in the VM (conformance/vm/run-dm-suite), where this file's
+            // devmapper pairs can be run with `--ignored`.
+            if name == "devmapper" && std::env::var_os("STRATA_IN_VM").is_none() {
+                use std::io::Write as _;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "{why} (device-mapper runs in the VM only)"
+                );
+                return false;
+            }
             if std::env::var("CI").as_deref() == Ok("true") {
                 panic!("{why}, and CI=true requires every condition");
             }
@@ -483,6 +494,7 @@ fn pairs_from_aufs() {
 }
 
 #[test]
+#[ignore = "needs dm-thin: run in the VM (conformance/vm/run --cargo-test strata migrate -- --ignored)"]
 fn pairs_from_devmapper() {
     pairs_from("pairs_from_devmapper", "devmapper");
 }

@@ -145,6 +145,53 @@ fn open_dir_modes(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Replaces each `Opaque(dir)` item of a layer's own tree (`branch`: an
+/// AUFS diff dir or an overlay upper dir) by whiteouts of the entries the
+/// lower tree (`lower`, the parent's full tree; `None` for a layer with no
+/// parent) has in `dir` and the branch does not: the same deletions, in the
+/// form the naive differ writes, so native diffs give the canonical tar the
+/// other drivers give.
+///
+/// # Errors
+/// [`Error::Io`] naming the directory or entry that could not be read.
+#[cfg(any(feature = "aufs", feature = "overlay"))]
+pub fn opaque_as_whiteouts(
+    branch: &Path,
+    lower: Option<&Path>,
+    items: Vec<strata_driver_api::archive::Item>,
+) -> Result<Vec<strata_driver_api::archive::Item>> {
+    use strata_driver_api::archive::Item;
+    let exists = |p: &Path| match std::fs::symlink_metadata(p) {
+        Ok(_) => Ok(true),
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                || e.raw_os_error() == Some(libc::ENOTDIR) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(Error::io("lstat", p, e)),
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for it in items {
+        let Item::Opaque(dir) = &it else {
+            out.push(it);
+            continue;
+        };
+        let Some(lower) = lower else { continue };
+        let ld = lower.join(dir);
+        if !std::fs::symlink_metadata(&ld).is_ok_and(|m| m.is_dir()) {
+            continue;
+        }
+        for e in std::fs::read_dir(&ld).ctx("readdir", &ld)? {
+            let name = e.ctx("readdir", &ld)?.file_name();
+            if !exists(&branch.join(dir).join(&name))? {
+                out.push(Item::Whiteout(dir.join(&name)));
+            }
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,51 +239,4 @@ mod tests {
         remove_tree(&f).unwrap();
         assert!(!f.exists());
     }
-}
-
-/// Replaces each `Opaque(dir)` item of a layer's own tree (`branch`: an
-/// AUFS diff dir or an overlay upper dir) by whiteouts of the entries the
-/// lower tree (`lower`, the parent's full tree; `None` for a layer with no
-/// parent) has in `dir` and the branch does not: the same deletions, in the
-/// form the naive differ writes, so native diffs give the canonical tar the
-/// other drivers give.
-///
-/// # Errors
-/// [`Error::Io`] naming the directory or entry that could not be read.
-#[cfg(any(feature = "aufs", feature = "overlay"))]
-pub fn opaque_as_whiteouts(
-    branch: &Path,
-    lower: Option<&Path>,
-    items: Vec<strata_driver_api::archive::Item>,
-) -> Result<Vec<strata_driver_api::archive::Item>> {
-    use strata_driver_api::archive::Item;
-    let exists = |p: &Path| match std::fs::symlink_metadata(p) {
-        Ok(_) => Ok(true),
-        Err(e)
-            if e.kind() == std::io::ErrorKind::NotFound
-                || e.raw_os_error() == Some(libc::ENOTDIR) =>
-        {
-            Ok(false)
-        }
-        Err(e) => Err(Error::io("lstat", p, e)),
-    };
-    let mut out = Vec::with_capacity(items.len());
-    for it in items {
-        let Item::Opaque(dir) = &it else {
-            out.push(it);
-            continue;
-        };
-        let Some(lower) = lower else { continue };
-        let ld = lower.join(dir);
-        if !std::fs::symlink_metadata(&ld).is_ok_and(|m| m.is_dir()) {
-            continue;
-        }
-        for e in std::fs::read_dir(&ld).ctx("readdir", &ld)? {
-            let name = e.ctx("readdir", &ld)?.file_name();
-            if !exists(&branch.join(dir).join(&name))? {
-                out.push(Item::Whiteout(dir.join(&name)));
-            }
-        }
-    }
-    Ok(out)
 }
