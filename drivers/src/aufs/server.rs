@@ -264,9 +264,14 @@ fn alive_server(pid: i32) -> bool {
         .unwrap_or(false)
 }
 
-/// Whether `mountpoint` is a mount whose server is gone (`ENOTCONN`).
+/// Whether `mountpoint` is a mount whose server is gone: `ENOTCONN`, or
+/// `ECONNABORTED` when the kernel saw the connection aborted as the server
+/// died (which of the two depends on the timing of its death).
 pub fn is_stale(mountpoint: &Path) -> bool {
-    matches!(fs::metadata(mountpoint), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN))
+    matches!(
+        fs::metadata(mountpoint),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED))
+    )
 }
 
 /// Stops the server of `mountpoint`: detaches the mount, then waits (up to
