@@ -459,8 +459,9 @@ async fn overlay_native_diff_whiteouts_and_opaque() -> Result<()> {
     ensure!(changes == want, "{changes:?}");
     ensure!(d.diff_size(&id("child"), Some(&id("base"))).await? == 4);
 
-    // The tar: whiteouts as .wh. names, the opaque dir as its marker, no
-    // hard links between whiteouts.
+    // The tar: whiteouts as .wh. names, the opaque dir as whiteouts of the
+    // parent's names in it (the canonical form vfs's naive differ writes),
+    // no hard links between whiteouts.
     let tarfile = root.path().join("child.tar");
     let out = Box::new(fs::File::create(&tarfile)?);
     drop(d.diff(&id("child"), Some(&id("base")), out).await?);
@@ -491,12 +492,20 @@ async fn overlay_native_diff_whiteouts_and_opaque() -> Result<()> {
     names.sort();
     ensure!(
         names
-            == ["a", "a/.wh.f", "d", "d/.wh..wh..opq", "d/new", ".wh.keep"]
-                .iter()
-                .copied()
-                .collect::<std::collections::BTreeSet<_>>()
-                .into_iter()
-                .collect::<Vec<_>>(),
+            == [
+                "a",
+                "a/.wh.f",
+                "d",
+                "d/.wh.sub",
+                "d/.wh.x",
+                "d/new",
+                ".wh.keep"
+            ]
+            .iter()
+            .copied()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect::<Vec<_>>(),
         "{names:?}"
     );
     ensure!(
@@ -836,7 +845,12 @@ impl Drop for LoopXfs {
     }
 }
 
+/// Needs XFS project quotas, which the build hosts' kernel lacks
+/// (CONFIG_XFS_QUOTA: "quota support not available in this kernel"), so it
+/// is ignored here rather than counted as passed; Debian's kernel has them:
+/// run it in the VM with `--ignored` (conformance/vm/README.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs CONFIG_XFS_QUOTA (not in the build hosts' kernel): run in the VM with --ignored"]
 async fn overlay_xfs_project_quota() -> Result<()> {
     if !need_root()
         || !require(
