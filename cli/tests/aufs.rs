@@ -7,28 +7,25 @@
 //! Run: `cargo test -p strata --test aufs`. Needs root and /dev/fuse; without
 //! them it prints why and skips (a failure when `CI=true`).
 
+mod common;
+use common::{need_root, STRATA};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-const STRATA: &str = env!("CARGO_BIN_EXE_strata");
-
-fn ready() -> bool {
-    let why = if !nix::unistd::geteuid().is_root() {
-        Some("needs root")
-    } else if !Path::new("/dev/fuse").exists() {
-        Some("needs /dev/fuse")
-    } else {
-        None
-    };
-    match why {
-        None => true,
-        Some(w) => {
-            assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "CI: {w}");
-            use std::io::Write as _;
-            let _ = writeln!(std::io::stderr(), "aufs process tests skipped: {w}");
-            false
-        }
+/// Root (through the shared check) and /dev/fuse; prints why not, a
+/// failure under `CI=true`.
+fn ready(test: &str) -> bool {
+    if !need_root(test) {
+        return false;
     }
+    if Path::new("/dev/fuse").exists() {
+        return true;
+    }
+    let why = format!("{test}: skipped: needs /dev/fuse");
+    assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "CI: {why}");
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{why}");
+    false
 }
 
 struct Store {
@@ -125,7 +122,7 @@ impl Drop for Store {
 
 #[test]
 fn mount_outlives_the_command_and_unmount_stops_the_server() {
-    if !ready() {
+    if !ready("mount_outlives_the_command_and_unmount_stops_the_server") {
         return;
     }
     let s = Store::new();
@@ -154,7 +151,7 @@ fn mount_outlives_the_command_and_unmount_stops_the_server() {
 
 #[test]
 fn fsck_mends_a_dead_servers_mount() {
-    if !ready() {
+    if !ready("fsck_mends_a_dead_servers_mount") {
         return;
     }
     let s = Store::new();
