@@ -145,6 +145,24 @@ fn open_dir_modes(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Whether `p` exists (without following a final symlink); a missing
+/// entry or a non-directory on the way is `false`.
+///
+/// # Errors
+/// [`Error::Io`] from `lstat` for anything else.
+pub fn exists(p: &Path) -> Result<bool> {
+    match std::fs::symlink_metadata(p) {
+        Ok(_) => Ok(true),
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                || e.raw_os_error() == Some(libc::ENOTDIR) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(Error::io("lstat", p, e)),
+    }
+}
+
 /// Replaces each `Opaque(dir)` item of a layer's own tree (`branch`: an
 /// AUFS diff dir or an overlay upper dir) by whiteouts of the entries the
 /// lower tree (`lower`, the parent's full tree; `None` for a layer with no
@@ -161,16 +179,6 @@ pub fn opaque_as_whiteouts(
     items: Vec<strata_driver_api::archive::Item>,
 ) -> Result<Vec<strata_driver_api::archive::Item>> {
     use strata_driver_api::archive::Item;
-    let exists = |p: &Path| match std::fs::symlink_metadata(p) {
-        Ok(_) => Ok(true),
-        Err(e)
-            if e.kind() == std::io::ErrorKind::NotFound
-                || e.raw_os_error() == Some(libc::ENOTDIR) =>
-        {
-            Ok(false)
-        }
-        Err(e) => Err(Error::io("lstat", p, e)),
-    };
     let mut out = Vec::with_capacity(items.len());
     for it in items {
         let Item::Opaque(dir) = &it else {

@@ -12,12 +12,11 @@
 use std::collections::{BTreeSet, HashSet};
 use std::ffi::OsStr;
 use std::fs;
-use std::io::ErrorKind;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use strata_driver_api::archive::Item;
-use strata_driver_api::{Change, ChangeKind, Error, IoContext, Result};
+use strata_driver_api::{Change, ChangeKind, IoContext, Result};
 
 /// What one branch entry means.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -114,16 +113,6 @@ pub fn branch_size(branch: &Path) -> Result<u64> {
     Ok(total)
 }
 
-fn exists(p: &Path) -> Result<bool> {
-    match fs::symlink_metadata(p) {
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) => {
-            Ok(false)
-        }
-        Err(e) => Err(Error::io("lstat", p, e)),
-    }
-}
-
 fn abs(rel: &Path) -> PathBuf {
     Path::new("/").join(rel)
 }
@@ -139,7 +128,7 @@ pub fn branch_changes(branch: &Path, lower: Option<&Path>) -> Result<Vec<Change>
     let mut out = BTreeSet::new();
     let in_lower = |rel: &Path| -> Result<bool> {
         match lower {
-            Some(l) => exists(&l.join(rel)),
+            Some(l) => crate::fsutil::exists(&l.join(rel)),
             None => Ok(false),
         }
     };
@@ -159,7 +148,7 @@ pub fn branch_changes(branch: &Path, lower: Option<&Path>) -> Result<Vec<Change>
                     if fs::symlink_metadata(&ld).is_ok_and(|m| m.is_dir()) {
                         for e in fs::read_dir(&ld).ctx("readdir", &ld)? {
                             let name = e.ctx("readdir", &ld)?.file_name();
-                            if !exists(&branch.join(rel).join(&name))? {
+                            if !crate::fsutil::exists(&branch.join(rel).join(&name))? {
                                 out.insert(Change {
                                     path: abs(&rel.join(&name)),
                                     kind: ChangeKind::Deleted,

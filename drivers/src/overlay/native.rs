@@ -17,11 +17,10 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::fs;
-use std::io::ErrorKind;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use strata_driver_api::archive::Item;
-use strata_driver_api::{Change, ChangeKind, Error, IoContext, Result};
+use strata_driver_api::{Change, ChangeKind, IoContext, Result};
 
 /// The xattr marking an opaque directory.
 pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
@@ -127,16 +126,6 @@ pub fn upper_size(upper: &Path) -> Result<u64> {
     Ok(total)
 }
 
-fn exists(p: &Path) -> Result<bool> {
-    match fs::symlink_metadata(p) {
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) => {
-            Ok(false)
-        }
-        Err(e) => Err(Error::io("lstat", p, e)),
-    }
-}
-
 fn abs(rel: &Path) -> PathBuf {
     Path::new("/").join(rel)
 }
@@ -153,7 +142,7 @@ pub fn upper_changes(upper: &Path, lower: Option<&Path>) -> Result<Vec<Change>> 
     let mut out = BTreeSet::new();
     walk(upper, Path::new(""), &mut |_, rel, _, kind| {
         let in_lower = match lower {
-            Some(l) => exists(&l.join(rel))?,
+            Some(l) => crate::fsutil::exists(&l.join(rel))?,
             None => false,
         };
         match kind {
@@ -179,7 +168,7 @@ pub fn upper_changes(upper: &Path, lower: Option<&Path>) -> Result<Vec<Change>> 
                     if fs::symlink_metadata(&l).ctx("lstat", &l)?.is_dir() {
                         for e in fs::read_dir(&l).ctx("readdir", &l)? {
                             let name = e.ctx("readdir", &l)?.file_name();
-                            if !exists(&upper.join(rel).join(&name))? {
+                            if !crate::fsutil::exists(&upper.join(rel).join(&name))? {
                                 out.insert(Change {
                                     path: abs(&rel.join(&name)),
                                     kind: ChangeKind::Deleted,
