@@ -1202,7 +1202,11 @@ impl Filesystem for Union {
                 OpenAccMode::O_WRONLY => o.write(true),
                 _ => o.read(true).write(true),
             };
-            let keep = libc::O_TRUNC | libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME;
+            // O_APPEND on the backing fd: pwrite then always appends, so an append
+            // lands at the real end even when the kernel computed its offset
+            // from a size it had cached before a concurrent copy-up.
+            let keep =
+                libc::O_TRUNC | libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME | libc::O_APPEND;
             o.custom_flags((flags.0 & keep) | libc::O_NOFOLLOW);
             let file = o.open(&path).map_err(errno)?;
             Ok(self.new_fh(file))
