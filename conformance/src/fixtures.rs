@@ -287,6 +287,10 @@ pub enum Backing {
     Btrfs,
     /// A fresh loop-mounted xfs with `reflink=1`.
     Xfs,
+    /// A fresh loop-mounted ext4: the usual host filesystem, on its own
+    /// device, so file-heavy scenarios do not depend on the speed (or the
+    /// free space) of the host's root filesystem.
+    Ext4,
 }
 
 /// Size of the sparse images behind loop-backed fixtures.
@@ -333,22 +337,42 @@ pub async fn open_with(name: &str, backing: Backing, options: &DriverOptions) ->
                 .with_context(|| format!("open {name} on {}", root.display()))?;
             Ok(Fixture::new(driver, root, tmp))
         }
-        Backing::Btrfs | Backing::Xfs => {
-            let kind = if backing == Backing::Btrfs {
-                "btrfs"
-            } else {
-                "xfs"
-            };
-            let lfs = tokio::task::spawn_blocking(move || LoopFs::new(kind, LOOP_IMAGE_SIZE))
-                .await
-                .context("loop fs task panicked")??;
+        Backing::Btrfs | Backing::Xfs | Backing::Ext4 => {
+            let lfs = loop_fs(backing).await?;
             let root = lfs.path().join("root");
             let driver = registry::open(name, &root, options)
                 .await
-                .with_context(|| format!("open {name} on {} ({kind})", root.display()))?;
-            Ok(Fixture::new(driver, root, lfs))
+                .with_context(|| format!("open {name} on {} ({})", root.display(), lfs.kind()))?;
+            let scratch = scratch_dir(&lfs)?;
+            Ok(Fixture::new(driver, root, lfs).with_scratch_in(scratch))
         }
     }
+}
+
+/// A fresh loop-mounted filesystem of `backing`'s kind ([`LOOP_IMAGE_SIZE`]).
+///
+/// # Errors
+/// As [`LoopFs::new`]; `Backing::Plain` is refused (it has no filesystem).
+pub async fn loop_fs(backing: Backing) -> Result<LoopFs> {
+    let kind = match backing {
+        Backing::Btrfs => "btrfs",
+        Backing::Xfs => "xfs",
+        Backing::Ext4 => "ext4",
+        Backing::Plain => bail!("a plain directory backing has no loop filesystem"),
+    };
+    tokio::task::spawn_blocking(move || LoopFs::new(kind, LOOP_IMAGE_SIZE))
+        .await
+        .context("loop fs task panicked")?
+}
+
+/// Makes `scratch/` on `lfs`, for [`Fixture::with_scratch_in`].
+///
+/// # Errors
+/// The mkdir failing.
+pub fn scratch_dir(lfs: &LoopFs) -> Result<PathBuf> {
+    let dir = lfs.path().join("scratch");
+    fs::create_dir_all(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
+    Ok(dir)
 }
 
 #[async_trait]
@@ -358,6 +382,7 @@ impl Factory for VfsFactory {
             Backing::Plain => "vfs".into(),
             Backing::Btrfs => "vfs-on-btrfs".into(),
             Backing::Xfs => "vfs-on-xfs".into(),
+            Backing::Ext4 => "vfs-on-ext4".into(),
         }
     }
 

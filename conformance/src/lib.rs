@@ -73,6 +73,7 @@ pub struct Fixture {
     // are closed before a loop-mounted root is unmounted.
     _guard: Option<Box<dyn Any + Send + Sync>>,
     closed: bool,
+    scratch_base: Option<PathBuf>,
 }
 
 impl fmt::Debug for Fixture {
@@ -93,7 +94,19 @@ impl Fixture {
             root,
             _guard: Some(Box::new(guard)),
             closed: false,
+            scratch_base: None,
         }
+    }
+
+    /// Puts the scenario's scratch directory (reference trees, tar files)
+    /// under `dir` instead of the system temporary directory: on the
+    /// fixture's own filesystem, so a loop-mounted fixture does not write
+    /// its scratch files through the host's (possibly slow) filesystem.
+    /// `dir` must exist and outlive the fixture's scenarios.
+    #[must_use]
+    pub fn with_scratch_in(mut self, dir: PathBuf) -> Self {
+        self.scratch_base = Some(dir);
+        self
     }
 
     /// Calls `driver.cleanup()`, checks that no mount is left under the
@@ -408,7 +421,13 @@ where
         Ok(f) => f,
         Err(e) => return (fixture_outcome(e), Vec::new()),
     };
-    let scratch = match tempfile::Builder::new().prefix("strata-ref-").tempdir() {
+    let mut scratch = tempfile::Builder::new();
+    scratch.prefix("strata-ref-");
+    let scratch = match &fixture.scratch_base {
+        Some(base) => scratch.tempdir_in(base),
+        None => scratch.tempdir(),
+    };
+    let scratch = match scratch {
         Ok(t) => t,
         Err(e) => return (Outcome::Fail(format!("scratch dir: {e}")), Vec::new()),
     };

@@ -1,5 +1,5 @@
-//! The conformance suite against the aufs driver in FUSE mode, on a plain
-//! temporary directory. One test per scenario, each printing its report row.
+//! The conformance suite against the aufs driver in FUSE mode, on a fresh
+//! loop-mounted ext4. One test per scenario, each printing its report row.
 //!
 //! FUSE mounts are served by the `strata` binary (its hidden
 //! `aufs-fuse-server` subcommand): build it first. `cargo test --workspace`
@@ -11,7 +11,7 @@
 
 use anyhow::Context;
 use std::path::PathBuf;
-use strata_conformance::fixtures::SkipReason;
+use strata_conformance::fixtures::{loop_fs, scratch_dir, Backing, SkipReason};
 use strata_conformance::{run_named, scenarios, Factory, Fixture};
 use strata_drivers::aufs::{server, Aufs, AufsMode, AufsOptions};
 
@@ -29,11 +29,8 @@ impl Factory for AufsFuse {
         }
         let exe: PathBuf = server::find_exe(None)
             .map_err(|e| SkipReason(format!("{e} (build it: cargo build -p strata)")))?;
-        let tmp = tempfile::Builder::new()
-            .prefix("strata-conf-aufs-")
-            .tempdir()
-            .context("temp dir for the driver root")?;
-        let root = tmp.path().join("root");
+        let lfs = loop_fs(Backing::Ext4).await?;
+        let root = lfs.path().join("root");
         let opts = AufsOptions {
             mode: AufsMode::Fuse,
             server_exe: Some(exe),
@@ -42,7 +39,8 @@ impl Factory for AufsFuse {
         let driver = Aufs::open(&root, opts)
             .await
             .with_context(|| format!("open aufs on {}", root.display()))?;
-        Ok(Fixture::new(std::sync::Arc::new(driver), root, tmp))
+        let scratch = scratch_dir(&lfs)?;
+        Ok(Fixture::new(std::sync::Arc::new(driver), root, lfs).with_scratch_in(scratch))
     }
 }
 

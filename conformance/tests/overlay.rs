@@ -1,5 +1,5 @@
-//! The conformance suite against the overlay driver: on a plain temporary
-//! directory with the mount API this kernel offers (the new one on 6.8+),
+//! The conformance suite against the overlay driver: on a fresh loop-mounted
+//! ext4 with the mount API this kernel offers (the new one on 6.8+),
 //! and forced to classic `mount(2)`, the path older kernels take. One test
 //! per scenario and mount path, each printing its report row.
 //!
@@ -38,7 +38,7 @@ impl Factory for OverlayFactory {
             },
             ..Default::default()
         };
-        open_with("overlay", Backing::Plain, &options).await
+        open_with("overlay", Backing::Ext4, &options).await
     }
 }
 
