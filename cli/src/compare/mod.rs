@@ -47,13 +47,16 @@ pub struct CompareArgs {
     pub no_containers_storage: bool,
 }
 
-/// Every compare target: a name, the registry driver, the backing.
+/// Every compare target: a name, the registry driver, the backing. Each
+/// gets a fresh loop filesystem of its own (ext4 where the driver needs no
+/// particular one), so no figure depends on the state or the speed of the
+/// host's root filesystem; devmapper makes its own thin pool.
 pub const TARGETS: [(&str, &str, &str); 6] = [
-    ("vfs", "vfs", "plain"),
+    ("vfs", "vfs", "ext4"),
     ("vfs-reflink", "vfs", "xfs"),
-    ("overlay", "overlay", "plain"),
+    ("overlay", "overlay", "ext4"),
     ("btrfs", "btrfs", "btrfs"),
-    ("aufs", "aufs", "plain"),
+    ("aufs", "aufs", "ext4"),
     ("devmapper", "devmapper", "plain"),
 ];
 
@@ -464,26 +467,29 @@ async fn run_all(
             let mut rep = cs::CsReport::ran(version);
             for d in cs::DRIVERS {
                 strata_benches::workloads::check(&cancel)?;
-                let dir = match d {
-                    "btrfs" => match loop_roots.iter().find(|(k, _)| k == "btrfs") {
-                        Some((_, p)) => p.join("cs"),
-                        None => match setup_backing(
-                            &scratch,
-                            "cs-btrfs",
-                            "btrfs",
-                            "btrfs",
-                            params.scratch_bytes(),
-                        )
-                        .await
-                        {
-                            Ok(b) => b.0.join("cs"),
-                            Err(e) => {
-                                rep.errors.push((format!("cs-{d}"), format!("{e:#}")));
-                                continue;
-                            }
-                        },
+                // containers-storage runs on the same kind of loop
+                // filesystem as strata's driver of the same name.
+                let kind = if d == "btrfs" { "btrfs" } else { "ext4" };
+                let dir = match loop_roots.iter().find(|(k, _)| k == kind) {
+                    Some((_, p)) => p.join(format!("cs-{d}")),
+                    None => match setup_backing(
+                        &scratch,
+                        &format!("cs-{kind}"),
+                        if kind == "btrfs" { "btrfs" } else { "vfs" },
+                        kind,
+                        params.scratch_bytes(),
+                    )
+                    .await
+                    {
+                        Ok(b) => {
+                            loop_roots.push((kind.to_string(), b.0.clone()));
+                            b.0.join(format!("cs-{d}"))
+                        }
+                        Err(e) => {
+                            rep.errors.push((format!("cs-{d}"), format!("{e:#}")));
+                            continue;
+                        }
                     },
-                    _ => scratch_dir.join(format!("cs-{d}")),
                 };
                 let mut b = cs::CsBench::new(d, &dir, inputs.clone(), cancel.clone())?;
                 for w in &cs_work {
