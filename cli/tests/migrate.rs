@@ -57,7 +57,7 @@ fn usable(test: &str, name: &str, root: &Path) -> bool {
         Err(e) => {
             let why = format!("{test}: driver {name} skipped: {e}");
             // Device-mapper is not in the build hosts' kernels: CI checks it
-            // in the VM (conformance/vm/run-dm-suite), where this file's
+            // in the VM (conformance/vm/run-suites), where this file's
             // devmapper pairs can be run with `--ignored`.
             if name == "devmapper" && std::env::var_os("STRATA_IN_VM").is_none() {
                 use std::io::Write as _;

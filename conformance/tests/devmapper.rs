@@ -8,13 +8,13 @@
 //! `STRATA_IN_VM=1`:
 //!
 //! ```sh
-//! conformance/vm/run-dm-suite            # everything, one boot (what CI runs)
-//! conformance/vm/run --cargo-test strata-conformance devmapper [FILTER]
+//! conformance/vm/run-suites devmapper    # everything, one boot (what CI runs)
+//! conformance/vm/run --features vm-tests --cargo-test strata-conformance devmapper [FILTER]
 //! ```
 //!
-//! Run on the host (without `STRATA_IN_VM=1`), every test prints that it
-//! runs in the VM and passes without doing anything: CI counts the VM run,
-//! not this one. Inside the VM a missing device-mapper is a failure.
+//! The target exists only with the `vm-tests` feature; run outside the VM
+//! (without `STRATA_IN_VM=1`) every test fails and says where it runs.
+//! Inside the VM a missing device-mapper is a failure.
 
 use anyhow::{bail, Context, Result};
 use async_trait::async_trait;
@@ -25,20 +25,16 @@ use strata_conformance::{run_cross, run_named, Factory, Fixture};
 use strata_driver_api::{CreateOpts, Driver, LayerId, MountOpts};
 use strata_drivers::devmapper::{Devmapper, DevmapperOptions};
 
-/// Whether this process runs inside the VM of `conformance/vm/run`; prints
-/// why not when it does not.
+/// Whether this process runs inside the VM of `conformance/vm/run`. This
+/// target is built only for the VM (feature `vm-tests`); run anywhere else
+/// its tests fail, saying where they run, rather than pass untried.
 fn in_vm(test: &str) -> bool {
-    if std::env::var("STRATA_IN_VM").is_ok_and(|v| v == "1") {
-        return true;
-    }
-    // Past the harness's capture, so the reason shows without --nocapture.
-    use std::io::Write;
-    let _ = writeln!(
-        std::io::stderr(),
-        "devmapper {test}: not run here: needs device-mapper, which this kernel lacks; \
-         runs in the VM via conformance/vm/run-dm-suite (STRATA_IN_VM=1)"
+    assert!(
+        std::env::var("STRATA_IN_VM").is_ok_and(|v| v == "1"),
+        "devmapper {test}: runs only in the VM (needs device-mapper, which the build \
+         hosts' kernel lacks): conformance/vm/run-suites devmapper (sets STRATA_IN_VM=1)"
     );
-    false
+    true
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -98,12 +94,12 @@ fn run(test: &str, fs: &'static str) {
     report.assert_ok();
 }
 
-/// Expands `$m!(names...)` with every scenario's test name but three
-/// that do not fit CI's budget under the VM's emulated CPU:
-/// `deep_chain_max` (500 layers, 2-5 s each; `deep_chain_20` runs) and
-/// `many_files_wide` / `many_files_deep` (100,000 files each, over 10
-/// minutes apiece; the differ and archive code they load is the drivers'
-/// shared code, run by the vfs suites on the host).
+/// Expands `$m!(names...)` with every scenario's test name. The VM run
+/// (conformance/vm/run-suites) scales two of them for the emulated CPU:
+/// `STRATA_DEEP_CAP=100` (a 100-layer chain instead of 500: thin snapshots
+/// are flat, each layer's mount costs seconds under emulation) and
+/// `STRATA_MANY_FILES=10000` (10,000 files instead of 100,000); each
+/// scenario's row says so.
 macro_rules! each_scenario {
     ($m:ident) => {
         $m!(
@@ -124,6 +120,7 @@ macro_rules! each_scenario {
             chown_nested,
             permission_churn,
             deep_chain_20,
+            deep_chain_max,
             changes_exact,
             diff_apply,
             xattrs,
@@ -134,7 +131,9 @@ macro_rules! each_scenario {
             long_names,
             non_utf8_names,
             wh_lookalikes,
-            tar_whiteouts
+            tar_whiteouts,
+            many_files_wide,
+            many_files_deep
         );
     };
 }
@@ -168,28 +167,6 @@ mod xfs {
     #[test]
     fn xattrs() {
         super::run("xattrs", "xfs")
-    }
-}
-
-/// The three scenarios left out of CI's VM run for time (see
-/// `each_scenario!`): listed as ignored so a run shows them as not run,
-/// never as passed. Run them in the VM with
-/// `conformance/vm/run-dm-suite -- --ignored` (hours under emulation).
-mod ext4_slow {
-    #[test]
-    #[ignore = "500 layers: too slow for CI under QEMU's emulation"]
-    fn deep_chain_max() {
-        super::run("deep_chain_max", "ext4")
-    }
-    #[test]
-    #[ignore = "100,000 files: too slow for CI under QEMU's emulation"]
-    fn many_files_wide() {
-        super::run("many_files_wide", "ext4")
-    }
-    #[test]
-    #[ignore = "100,000 files: too slow for CI under QEMU's emulation"]
-    fn many_files_deep() {
-        super::run("many_files_deep", "ext4")
     }
 }
 
