@@ -1,4 +1,17 @@
-//! The layer database: `<root>/strata.db`, SQLite in WAL mode.
+//! The layer database: `<root>/strata.db`, SQLite with a rollback journal
+//! (`journal_mode=PERSIST`).
+//!
+//! Not WAL: WAL's index (`strata.db-shm`) is a memory-mapped file, and on
+//! a full copy-on-write filesystem (btrfs, where the btrfs driver's root
+//! lives) a write through that mapping cannot get space and the kernel
+//! kills the process with SIGBUS, so every command died (even the `rm`
+//! that would free space) instead of reporting "database or disk is full".
+//! A rollback journal uses plain writes, which fail with an error.
+//!
+//! A new database and its journal are made `NOCOW` where the filesystem
+//! has it (btrfs): an update then rewrites the pages and the persistent
+//! journal in place, needing no new data space, so a full filesystem can
+//! still record the `rm` that frees it.
 //!
 //! ```plain
 //! meta(key TEXT PRIMARY KEY, value TEXT)        driver, schema
@@ -95,27 +108,43 @@ pub struct Layer {
 
 const COLUMNS: &str = "id, parent, driver, state, read_only, digest, size, created, labels, mount_count, mount_path, owner";
 
-/// Opens (creating if needed) the database at `path` with WAL and a busy
-/// timeout, and makes sure the schema exists.
+/// Opens (creating if needed) the database at `path` with a persistent
+/// rollback journal (switching a WAL database over) and a busy timeout,
+/// and makes sure the schema exists.
 ///
 /// # Errors
 /// [`Error::Db`]; [`Error::Corrupt`] for a schema newer than this build's.
 pub fn open(path: &Path) -> Result<Connection> {
     let e = |op| Error::db(path, op);
+    make_nocow(path);
     let conn = Connection::open(path).map_err(e("open"))?;
     conn.busy_timeout(BUSY_TIMEOUT)
         .map_err(e("set busy timeout"))?;
-    // Switching to WAL takes a lock other openers may hold for a moment;
-    // the busy handler covers most of it, retry the rest.
+    // Setting the journal mode takes a lock other openers may hold for a
+    // moment (leaving WAL, which databases of earlier builds are in, needs
+    // the database to itself); the busy handler covers most of it, retry
+    // the rest.
     let mut tries = 0;
     loop {
-        match conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0)) {
-            Ok(_) => break,
+        match conn.query_row("PRAGMA journal_mode=PERSIST", [], |r| r.get::<_, String>(0)) {
+            Ok(mode) if mode.eq_ignore_ascii_case("persist") => break,
+            Ok(_) if tries < 100 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Ok(mode) => {
+                return Err(e("set journal mode")(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+                    Some(format!(
+                        "the journal mode stays {mode}: another process holds the database"
+                    )),
+                )))
+            }
             Err(err) if tries < 100 && is_busy(&err) => {
                 tries += 1;
                 std::thread::sleep(Duration::from_millis(50));
             }
-            Err(err) => return Err(e("enable WAL")(err)),
+            Err(err) => return Err(e("set journal mode")(err)),
         }
     }
     conn.pragma_update(None, "synchronous", "FULL")
@@ -159,6 +188,32 @@ pub fn open(path: &Path) -> Result<Connection> {
         });
     }
     Ok(conn)
+}
+
+/// For a database not made yet: creates the database file and its
+/// journal empty and sets `FS_NOCOW_FL` on them (only an empty file takes
+/// it). Best effort: filesystems without the flag refuse it, and an
+/// existing database stays as it is.
+fn make_nocow(path: &Path) {
+    if path.exists() {
+        return;
+    }
+    let mut journal = path.as_os_str().to_owned();
+    journal.push("-journal");
+    for p in [path.as_os_str(), journal.as_os_str()] {
+        let Ok(f) = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(p)
+        else {
+            continue;
+        };
+        use rustix::fs::{ioctl_getflags, ioctl_setflags, IFlags};
+        let flags = ioctl_getflags(&f).unwrap_or(IFlags::empty());
+        if let Err(err) = ioctl_setflags(&f, flags | IFlags::NOCOW) {
+            tracing::debug!(file = ?p, "no NOCOW for the database: {err}");
+        }
+    }
 }
 
 fn is_busy(e: &rusqlite::Error) -> bool {

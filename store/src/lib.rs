@@ -3,7 +3,7 @@
 //! crash recovery, digests, and the host configuration.
 //!
 //! ```plain
-//! <root>/strata.db     the records (SQLite, WAL)
+//! <root>/strata.db     the records (SQLite, rollback journal)
 //! <root>/strata.lock   flock serialising mount-count transitions
 //! <root>/<driver>/     the driver's data
 //! ```

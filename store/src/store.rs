@@ -262,13 +262,21 @@ impl Store {
     // ---- recovery --------------------------------------------------------
 
     /// Claims every `creating`/`removing` record whose owner is dead and
-    /// removes it for good. Returns a line per layer.
+    /// removes it for good. Returns a line per layer. A layer that cannot
+    /// be recovered now (a full disk, say) is logged and left for the next
+    /// open or `fsck --repair`: the store still opens, and the record,
+    /// never `ready`, is not used.
     async fn recover(&self) -> Result<Vec<String>> {
         let mut done = Vec::new();
         for l in self.list()? {
             if l.state != State::Ready && !owner::alive(l.owner.as_deref()) {
-                if let Some(line) = self.recover_one(&l).await? {
-                    done.push(line);
+                match self.recover_one(&l).await {
+                    Ok(Some(line)) => done.push(line),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(
+                        layer = %l.id,
+                        "could not recover an interrupted operation now (the next open retries): {e}"
+                    ),
                 }
             }
         }

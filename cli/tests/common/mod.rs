@@ -28,14 +28,19 @@ pub fn need_root(test: &str) -> bool {
     false
 }
 
-/// A temporary store root with an empty config file.
+/// A temporary store root with a config file (empty unless made with
+/// [`Root::for_driver`]).
 pub struct Root {
     /// The scratch directory (removed on drop).
     pub dir: tempfile::TempDir,
-    /// The store root inside it.
+    /// The store root: inside `dir`, or on the filesystem given to
+    /// [`Root::for_driver`].
     pub root: PathBuf,
-    /// An empty config file inside it.
+    /// The config file inside `dir`.
     pub config: PathBuf,
+    /// The `--driver` every command gets (`vfs` unless made with
+    /// [`Root::for_driver`]).
+    pub driver: String,
 }
 
 impl Default for Root {
@@ -54,7 +59,25 @@ impl Root {
         let root = dir.path().join("root");
         let config = dir.path().join("strata.toml");
         std::fs::write(&config, "").unwrap();
-        Root { dir, root, config }
+        Root {
+            dir,
+            root,
+            config,
+            driver: "vfs".into(),
+        }
+    }
+
+    /// A scratch directory whose commands use `driver` with `config` as
+    /// the config file's text, and the store root `<base>/root` (a
+    /// loop-mounted filesystem, say) or inside the scratch directory.
+    pub fn for_driver(driver: &str, base: Option<&Path>, config: &str) -> Root {
+        let mut r = Root::new();
+        if let Some(b) = base {
+            r.root = b.join("root");
+        }
+        std::fs::write(&r.config, config).unwrap();
+        r.driver = driver.to_string();
+        r
     }
 
     /// A path in the test's scratch directory (outside the root).
@@ -62,8 +85,8 @@ impl Root {
         self.dir.path().join(name)
     }
 
-    /// `strata --config <empty> --root <root> --driver vfs ARGS`, with no
-    /// STRATA_* variables from the outside.
+    /// `strata --config <config> --root <root> --driver <driver> ARGS`,
+    /// with no STRATA_* variables from the outside.
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(STRATA);
         c.arg("--config")
@@ -71,7 +94,7 @@ impl Root {
             .arg("--root")
             .arg(&self.root)
             .arg("--driver")
-            .arg("vfs")
+            .arg(&self.driver)
             .args(args)
             .env_remove("STRATA_CONFIG")
             .env_remove("STRATA_ROOT")
@@ -167,7 +190,25 @@ fn unescape(s: &str) -> PathBuf {
 
 impl Drop for Root {
     fn drop(&mut self) {
-        for p in mounts_under(self.dir.path()) {
+        // aufs FUSE servers first (their pid files), then every mount.
+        if let Ok(rd) = std::fs::read_dir(self.root.join("aufs/run")) {
+            for e in rd.flatten() {
+                if let Some(pid) = std::fs::read_to_string(e.path())
+                    .ok()
+                    .and_then(|s| s.trim().parse::<i32>().ok())
+                {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+        }
+        let mut points = mounts_under(&self.root);
+        if !self.root.starts_with(self.dir.path()) {
+            points.extend(mounts_under(self.dir.path()));
+        }
+        for p in points {
             let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
         }
     }

@@ -24,7 +24,12 @@
 //!   nested in it (a container may have made some; found by root inode
 //!   number 256, deepest first), the subvolume itself and their qgroups.
 //!   Open and [`Driver::cleanup`] sweep `tmp/`, `trash/`, subvolumes
-//!   without metadata and pending qgroups.
+//!   without metadata and pending qgroups. Many processes share a root:
+//!   creates and removes hold `busy.lock` shared while they work, and the
+//!   sweep runs only when it gets that lock exclusively (skipped otherwise:
+//!   the next open does it), so one process's open never sweeps away
+//!   another's create or remove in progress. A crashed process's lock is
+//!   gone with it, so its leftovers are swept.
 //! - `mount` bind-mounts the subvolume at `mnt/<id>` (read-only bind for
 //!   read-only layers), so unmount and cleanup work as for other drivers;
 //!   unmount detaches (`MNT_DETACH`) and removes the mount point.
@@ -52,6 +57,7 @@ mod sys;
 use crate::mounts::{self, BindOptions};
 use crate::{fstype, fsutil, mountinfo};
 use async_trait::async_trait;
+use nix::fcntl::{Flock, FlockArg};
 use std::collections::HashSet;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -322,8 +328,42 @@ impl Inner {
         Ok(())
     }
 
-    /// Removes leftovers of interrupted creates and removes. Idempotent.
+    /// Takes `busy.lock` (see the module documentation): shared for a
+    /// create or remove (waiting for a sweep to finish), exclusive and
+    /// without waiting for a sweep (`None`: a create or remove runs).
+    fn busy_lock(&self, exclusive: bool) -> Result<Option<Flock<std::fs::File>>> {
+        let p = self.home.join("busy.lock");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .ctx("open", &p)?;
+        let arg = if exclusive {
+            FlockArg::LockExclusiveNonblock
+        } else {
+            FlockArg::LockShared
+        };
+        match Flock::lock(f, arg) {
+            Ok(l) => Ok(Some(l)),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) if exclusive => Ok(None),
+            Err((_, e)) => Err(Error::nix("flock", &p, e)),
+        }
+    }
+
+    /// [`Inner::sweep_now`] unless another process creates or removes a
+    /// layer right now.
     fn sweep(&self) -> Result<()> {
+        let Some(_lock) = self.busy_lock(true)? else {
+            tracing::debug!("btrfs: a create or remove runs; sweep left for later");
+            return Ok(());
+        };
+        self.sweep_now()
+    }
+
+    /// Removes leftovers of interrupted creates and removes. Idempotent.
+    /// Holds the exclusive `busy.lock`.
+    fn sweep_now(&self) -> Result<()> {
         for d in ["tmp", "trash"] {
             let dir = self.home.join(d);
             for e in std::fs::read_dir(&dir).ctx("read dir", &dir)? {
@@ -373,6 +413,7 @@ impl Inner {
     }
 
     fn create(&self, id: &LayerId, parent: Option<&LayerId>, opts: &CreateOpts) -> Result<()> {
+        let _busy = self.busy_lock(false)?;
         if self.exists(id)? {
             return Err(Error::AlreadyExists { id: id.to_string() });
         }
@@ -452,6 +493,7 @@ impl Inner {
     }
 
     fn remove(&self, id: &LayerId) -> Result<()> {
+        let _busy = self.busy_lock(false)?;
         self.meta(id)?;
         let mnt = self.mnt(id);
         if mountinfo::is_mount_point(&mnt)? {
