@@ -1032,9 +1032,6 @@ fn concurrent_vfs() {
 }
 
 #[test]
-#[ignore = "known bug: every overlay open sweeps ~probe-*/staging dirs and detaches probe \
-            mounts of other live processes (commands fail with ENOENT/EBUSY on ~probe-*); \
-            run with --ignored once fixed"]
 fn concurrent_overlay() {
     concurrent_suite(
         "concurrent_overlay",

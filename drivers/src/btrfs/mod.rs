@@ -57,7 +57,7 @@ mod sys;
 use crate::mounts::{self, BindOptions};
 use crate::{fstype, fsutil, mountinfo};
 use async_trait::async_trait;
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::Flock;
 use std::collections::HashSet;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -328,27 +328,10 @@ impl Inner {
         Ok(())
     }
 
-    /// Takes `busy.lock` (see the module documentation): shared for a
-    /// create or remove (waiting for a sweep to finish), exclusive and
-    /// without waiting for a sweep (`None`: a create or remove runs).
+    /// Takes `busy.lock` (see the module documentation and
+    /// [`fsutil::busy_lock`]).
     fn busy_lock(&self, exclusive: bool) -> Result<Option<Flock<std::fs::File>>> {
-        let p = self.home.join("busy.lock");
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&p)
-            .ctx("open", &p)?;
-        let arg = if exclusive {
-            FlockArg::LockExclusiveNonblock
-        } else {
-            FlockArg::LockShared
-        };
-        match Flock::lock(f, arg) {
-            Ok(l) => Ok(Some(l)),
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) if exclusive => Ok(None),
-            Err((_, e)) => Err(Error::nix("flock", &p, e)),
-        }
+        fsutil::busy_lock(&self.home.join("busy.lock"), exclusive)
     }
 
     /// [`Inner::sweep_now`] unless another process creates or removes a

@@ -13,6 +13,9 @@
 //!   <id>~removing                  a layer being removed
 //!   ~views/<rand>                  mount points of private views
 //!   ~probe-<rand>/                 scratch of the start-up probes
+//!   ~busy.lock                     held shared by work in progress; the
+//!                                  sweep of crashed processes' leftovers
+//!                                  runs only with it exclusive
 //! ```
 //!
 //! Every name this driver keeps beside the layers holds a `~`, which a
@@ -117,6 +120,10 @@ impl Layout {
     /// `<home>/l`.
     pub fn links(&self) -> PathBuf {
         self.home.join(LINK_DIR)
+    }
+    /// `<home>/~busy.lock` (see `fsutil::busy_lock`).
+    pub fn busy_lock(&self) -> PathBuf {
+        self.home.join("~busy.lock")
     }
     /// `<home>/~views`.
     pub fn views(&self) -> PathBuf {

@@ -26,7 +26,7 @@ mod probe;
 mod quota;
 pub mod sys;
 
-use crate::{fstype, mountinfo, mounts};
+use crate::{fstype, fsutil, mountinfo, mounts};
 use async_trait::async_trait;
 use layout::{Layout, Meta};
 use std::fs;
@@ -153,9 +153,15 @@ impl Overlay {
         layout.ensure()?;
         let home = fs::canonicalize(&layout.home).ctx("realpath", &layout.home)?;
         let layout = Layout::new(home);
+        // Leftovers of crashed processes go only when no other process has
+        // work in progress (fsutil::busy_lock); the probes below then run
+        // holding the lock shared, so no other open sweeps them away.
+        if let Some(_sweeping) = fsutil::busy_lock(&layout.busy_lock(), true)? {
+            detach_scratch_mounts(&layout)?;
+            layout.sweep()?;
+        }
+        let _busy = fsutil::busy_lock(&layout.busy_lock(), false)?;
         probe::probe_backing(&layout.home)?;
-        detach_scratch_mounts(&layout)?;
-        layout.sweep()?;
         let scratch = layout.home.join(Layout::scratch_name(layout::PROBE_PREFIX));
         let has_new = sys::probe_lowerdir_plus(&scratch);
         let _ = fs::remove_dir_all(&scratch);
@@ -373,6 +379,7 @@ impl Inner {
 
     fn create(&self, id: &LayerId, parent: Option<&LayerId>, opts: &CreateOpts) -> Result<()> {
         let _g = self.lock();
+        let _busy = fsutil::busy_lock(&self.layout.busy_lock(), false)?;
         self.layout.check_id(id)?;
         if self.layout.exists(id)? || fs::symlink_metadata(self.layout.dir(id)).is_ok() {
             return Err(Error::AlreadyExists { id: id.to_string() });
@@ -444,6 +451,7 @@ impl Inner {
 
     fn remove(&self, id: &LayerId) -> Result<()> {
         let _g = self.lock();
+        let _busy = fsutil::busy_lock(&self.layout.busy_lock(), false)?;
         self.layout.require(id)?;
         let children = self.layout.children(id)?;
         if !children.is_empty() {
@@ -550,6 +558,7 @@ impl Inner {
 
     fn view(&self, id: &LayerId, writable: bool) -> Result<View> {
         self.layout.require(id)?;
+        let busy = fsutil::busy_lock(&self.layout.busy_lock(), false)?;
         let name = Layout::scratch_name("v");
         let mp = self.layout.views().join(&name);
         let work = self.layout.views().join(format!("{name}~work"));
@@ -585,6 +594,7 @@ impl Inner {
                 if fs::symlink_metadata(&work).is_ok() {
                     let _ = fs::remove_dir_all(&work);
                 }
+                drop(busy);
             }
         };
         match r {
@@ -612,8 +622,16 @@ impl Inner {
                 first.get_or_insert(e);
             }
         }
-        if let Err(e) = self.layout.sweep() {
-            first.get_or_insert(e);
+        match fsutil::busy_lock(&self.layout.busy_lock(), true) {
+            Ok(Some(_sweeping)) => {
+                if let Err(e) = self.layout.sweep() {
+                    first.get_or_insert(e);
+                }
+            }
+            Ok(None) => tracing::debug!("overlay: other work in progress; sweep left for later"),
+            Err(e) => {
+                first.get_or_insert(e);
+            }
         }
         first.map_or(Ok(()), Err)
     }
