@@ -117,8 +117,31 @@ pub fn means(figs: &[Figure], figure: &str) -> Option<(f64, Option<f64>)> {
     Some((t, r))
 }
 
+/// The median, lowest and highest of the per-run ratios (figure over its
+/// own reference, measured in the same run) of the figures named `figure`.
+pub fn ratio_spread(figs: &[Figure], figure: &str) -> Option<(f64, f64, f64)> {
+    let mut r: Vec<f64> = figs
+        .iter()
+        .filter(|f| f.figure == figure)
+        .filter_map(Figure::ratio)
+        .collect();
+    if r.is_empty() {
+        return None;
+    }
+    r.sort_by(f64::total_cmp);
+    let n = r.len();
+    let median = if n % 2 == 1 {
+        r[n / 2]
+    } else {
+        (r[n / 2 - 1] + r[n / 2]) / 2.0
+    };
+    Some((median, r[0], r[n - 1]))
+}
+
 /// Prints `<bench>: <figure>: <t> vs <reference> <r>: ratio <x> (target ...)`
-/// from the figures collected during the criterion iterations.
+/// from the figures collected during the criterion iterations: mean times,
+/// and the median (lowest-highest) of the per-run ratios, each run's figure
+/// over the reference measured in that same run.
 pub fn print_ratio(bench: &str, figs: &[Figure], figure: &str, target: &str) {
     let Some((t, r)) = means(figs, figure) else {
         println!("{bench}: {figure}: no measurement");
@@ -128,12 +151,11 @@ pub fn print_ratio(bench: &str, figs: &[Figure], figure: &str, target: &str) {
         .iter()
         .find_map(|f| f.reference.as_ref().map(|r| r.name.clone()))
         .unwrap_or_default();
-    match r {
-        Some(r) if r > 0.0 => println!(
-            "{bench}: {figure}: {t:.4} s vs {name} {r:.4} s: ratio {:.2}x ({target}; n={})",
-            t / r,
-            figs.iter().filter(|f| f.figure == figure).count()
+    let n = figs.iter().filter(|f| f.figure == figure).count();
+    match (r, ratio_spread(figs, figure)) {
+        (Some(r), Some((med, lo, hi))) => println!(
+            "{bench}: {figure}: {t:.4} s vs {name} {r:.4} s: ratio median {med:.2}x ({lo:.2}-{hi:.2}) ({target}; n={n})"
         ),
-        _ => println!("{bench}: {figure}: {t:.4} s ({target})"),
+        _ => println!("{bench}: {figure}: {t:.4} s ({target}; n={n})"),
     }
 }

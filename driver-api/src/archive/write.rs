@@ -1,20 +1,26 @@
 //! The canonical layer-tar writer.
 
 use super::format::{off, pax_record, pax_time, put_octal, set_checksum, BLOCK};
+use super::sys;
 use super::{Item, OPAQUE, WH_PREFIX};
 use crate::{Change, ChangeKind, Error, IoContext, Result};
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{FileStat, SFlag};
 use nix::unistd::{lseek, Whence};
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::fs::{File, Metadata, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use xattr::FileExt as _;
 
 /// Size of the buffer file data is copied through.
 const COPY_BUF: usize = 64 * 1024;
+/// Most directories [`Dirs`] keeps open at once (the deepest ones).
+const MAX_OPEN_DIRS: usize = 16;
 
 /// What an item becomes in the tar.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -99,6 +105,11 @@ pub(super) fn write_items<W: Write>(root: &Path, items: Vec<Item>, out: W) -> Re
         out: BufWriter::with_capacity(COPY_BUF, out),
         links: HashMap::new(),
         buf: vec![0u8; COPY_BUF],
+        dirs: Dirs {
+            root: root.to_path_buf(),
+            root_fd: None,
+            open: Vec::new(),
+        },
     };
     for k in &list {
         let name = k.key.join(&b'/');
@@ -107,7 +118,7 @@ pub(super) fn write_items<W: Write>(root: &Path, items: Vec<Item>, out: W) -> Re
                 let h = Header::marker(name);
                 w.header(&h).ctx("write", tar_ctx(&h.name))?;
             }
-            Kind::Entry => w.entry(root, &k.rel, name)?,
+            Kind::Entry => w.entry(&k.rel, name)?,
         }
     }
     w.out
@@ -210,11 +221,93 @@ fn truncate(b: &[u8], n: usize) -> &[u8] {
     &b[..b.len().min(n)]
 }
 
+/// Open directories of the tree being written, so each entry is reached
+/// with one `*at` call from its parent instead of a path walk from the
+/// root: items come sorted, so consecutive entries share their parent and
+/// a directory's own entry comes right before its contents.
+///
+/// `open` holds the deepest directories used lately, each an ancestor of
+/// the next (relative paths, at most [`MAX_OPEN_DIRS`]); the root is opened
+/// on first use (a tar of whiteouts only never opens it).
+struct Dirs {
+    root: PathBuf,
+    root_fd: Option<File>,
+    open: Vec<(Vec<u8>, File)>,
+}
+
+/// Whether relative path `dir` is `path` or one of its ancestors.
+fn is_ancestor_or_same(dir: &[u8], path: &[u8]) -> bool {
+    path.starts_with(dir) && (path.len() == dir.len() || path[dir.len()] == b'/')
+}
+
+impl Dirs {
+    fn root_fd(&mut self) -> Result<&File> {
+        if self.root_fd.is_none() {
+            let f = OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+                .open(&self.root)
+                .ctx("open", &self.root)?;
+            self.root_fd = Some(f);
+        }
+        Ok(self.root_fd.as_ref().expect("opened above"))
+    }
+
+    /// The open directory at relative path `dir` (empty: the root), opened
+    /// from its deepest open ancestor when it is not open yet (following
+    /// symlinks on the way, as a path lookup from the root would).
+    fn get(&mut self, dir: &[u8]) -> Result<&File> {
+        if dir.is_empty() {
+            return self.root_fd();
+        }
+        while let Some((top, _)) = self.open.last() {
+            if is_ancestor_or_same(top, dir) {
+                break;
+            }
+            self.open.pop();
+        }
+        let depth = self.open.last().map(|(top, _)| top.len());
+        if depth != Some(dir.len()) {
+            let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY;
+            let f = match depth {
+                Some(n) => sys::openat(&self.open[self.open.len() - 1].1, &dir[n + 1..], flags, 0),
+                None => sys::openat(self.root_fd()?, dir, flags, 0),
+            }
+            .map_err(|e| Error::nix("open", self.root.join(OsStr::from_bytes(dir)), e))?;
+            self.push(dir.to_vec(), f);
+        }
+        Ok(&self.open.last().expect("open or pushed above").1)
+    }
+
+    /// Records `f` as the open directory at `dir`, a child of the deepest
+    /// open one (or of the root).
+    fn push(&mut self, dir: Vec<u8>, f: File) {
+        if self.open.len() == MAX_OPEN_DIRS {
+            self.open.remove(0);
+        }
+        self.open.push((dir, f));
+    }
+}
+
+/// Splits a relative path into its parent's path and its last component.
+fn split_parent(rel: &[u8]) -> (&[u8], &[u8]) {
+    match rel.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&rel[..i], &rel[i + 1..]),
+        None => (&[], rel),
+    }
+}
+
+/// The file type bits of a stat.
+fn ftype(st: &FileStat) -> SFlag {
+    SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits())
+}
+
 struct Writer<W: Write> {
     out: BufWriter<W>,
     /// (dev, ino) of multiply linked files already written -> their tar name.
     links: HashMap<(u64, u64), Vec<u8>>,
     buf: Vec<u8>,
+    dirs: Dirs,
 }
 
 impl<W: Write> Writer<W> {
@@ -346,26 +439,41 @@ impl<W: Write> Writer<W> {
         Ok(())
     }
 
-    /// Writes the on-disk entry `rel` under `root` as tar name `name`.
-    fn entry(&mut self, root: &Path, rel: &[u8], mut name: Vec<u8>) -> Result<()> {
-        let path = root.join(OsStr::from_bytes(rel));
-        let md = std::fs::symlink_metadata(&path).ctx("lstat", &path)?;
-        let ft = md.file_type();
-        let xattrs = read_xattrs(&path)?;
+    /// Writes the on-disk entry `rel` (relative to the root) as tar name
+    /// `name`.
+    fn entry(&mut self, rel: &[u8], mut name: Vec<u8>) -> Result<()> {
+        let path = self.dirs.root.join(OsStr::from_bytes(rel));
+        let (dir, base) = split_parent(rel);
+        // The fd stays open in `dirs` until a later `get` or `push`.
+        let pfd = self.dirs.get(dir)?.as_raw_fd();
+        let st = nix::sys::stat::fstatat(Some(pfd), base, AtFlags::AT_SYMLINK_NOFOLLOW)
+            .map_err(|e| Error::nix("lstat", &path, e))?;
+        let ft = ftype(&st);
         let mut h = Header {
             name: Vec::new(),
             typeflag: b'0',
-            mode: md.mode() & 0o7777,
-            uid: u64::from(md.uid()),
-            gid: u64::from(md.gid()),
+            mode: st.st_mode & 0o7777,
+            uid: u64::from(st.st_uid),
+            gid: u64::from(st.st_gid),
             size: 0,
-            mtime: (md.mtime(), md.mtime_nsec() as u32),
+            mtime: (st.st_mtime, st.st_mtime_nsec as u32),
             link: Vec::new(),
             dev: (0, 0),
-            xattrs,
+            xattrs: Vec::new(),
             sparse: None,
         };
-        if ft.is_dir() {
+        if ft == SFlag::S_IFDIR {
+            // Opened (never through a symlink) for its xattrs, and kept
+            // open: its contents come next.
+            let f = sys::openat(
+                &pfd,
+                base,
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW,
+                0,
+            )
+            .map_err(|e| Error::nix("open", &path, e))?;
+            h.xattrs = fd_xattrs(&f, &path)?;
+            self.dirs.push(rel.to_vec(), f);
             name.push(b'/');
             h.name = name;
             h.typeflag = b'5';
@@ -374,57 +482,63 @@ impl<W: Write> Writer<W> {
         h.name = name;
         // Hard links of any non-directory (files, symlinks, fifos, devices):
         // the first name in canonical order carries the entry, later names
-        // are link entries to it. Sockets are never written at all.
-        if md.nlink() > 1 && !ft.is_socket() {
-            if let Some(first) = self.links.get(&(md.dev(), md.ino())) {
+        // are link entries to it, without xattrs. Sockets are never written
+        // at all.
+        let key = (st.st_dev, st.st_ino);
+        if st.st_nlink > 1 && ft != SFlag::S_IFSOCK {
+            if let Some(first) = self.links.get(&key) {
                 h.typeflag = b'1';
                 h.link = first.clone();
-                h.xattrs.clear();
                 return self.header(&h).ctx("write", &path);
             }
-            self.links.insert((md.dev(), md.ino()), h.name.clone());
+            self.links.insert(key, h.name.clone());
         }
-        if ft.is_symlink() {
-            h.typeflag = b'2';
-            h.link = std::fs::read_link(&path)
-                .ctx("readlink", &path)?
-                .into_os_string()
-                .into_vec();
+        if ft != SFlag::S_IFREG {
+            // Never opened (devices, fifos): xattrs by path.
+            h.xattrs = path_xattrs(&path)?;
+            match ft {
+                SFlag::S_IFLNK => {
+                    h.typeflag = b'2';
+                    h.link = nix::fcntl::readlinkat(Some(pfd), base)
+                        .map_err(|e| Error::nix("readlink", &path, e))?
+                        .into_vec();
+                }
+                SFlag::S_IFCHR | SFlag::S_IFBLK => {
+                    h.typeflag = if ft == SFlag::S_IFCHR { b'3' } else { b'4' };
+                    let rdev = st.st_rdev;
+                    h.dev = (
+                        u64::from(nix::sys::stat::major(rdev) as u32),
+                        u64::from(nix::sys::stat::minor(rdev) as u32),
+                    );
+                }
+                SFlag::S_IFIFO => h.typeflag = b'6',
+                _ => {
+                    tracing::warn!(path = %path.display(), "skipping a socket: sockets cannot be stored in a tar");
+                    return Ok(());
+                }
+            }
             return self.header(&h).ctx("write", &path);
-        }
-        if ft.is_char_device() || ft.is_block_device() {
-            h.typeflag = if ft.is_char_device() { b'3' } else { b'4' };
-            let rdev = md.rdev();
-            h.dev = (
-                u64::from(nix::sys::stat::major(rdev) as u32),
-                u64::from(nix::sys::stat::minor(rdev) as u32),
-            );
-            return self.header(&h).ctx("write", &path);
-        }
-        if ft.is_fifo() {
-            h.typeflag = b'6';
-            return self.header(&h).ctx("write", &path);
-        }
-        if ft.is_socket() {
-            tracing::warn!(path = %path.display(), "skipping a socket: sockets cannot be stored in a tar");
-            return Ok(());
         }
         // A regular file.
-        let file = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open(&path)
-            .ctx("open", &path)?;
-        let fmd = file.metadata().ctx("fstat", &path)?;
-        if fmd.ino() != md.ino() || fmd.dev() != md.dev() || !fmd.is_file() {
+        let file = sys::openat(
+            &pfd,
+            base,
+            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK,
+            0,
+        )
+        .map_err(|e| Error::nix("open", &path, e))?;
+        let fst =
+            nix::sys::stat::fstat(file.as_raw_fd()).map_err(|e| Error::nix("fstat", &path, e))?;
+        if fst.st_ino != st.st_ino || fst.st_dev != st.st_dev || ftype(&fst) != SFlag::S_IFREG {
             return Err(Error::archive(
                 rel,
                 "file changed while the tar was written",
             ));
         }
-        let size = fmd.size();
+        h.xattrs = fd_xattrs(&file, &path)?;
+        let size = fst.st_size as u64;
         h.size = size;
-        let segments = sparse_segments(&file, &fmd).ctx("seek", &path)?;
+        let segments = sparse_segments(&file, size, fst.st_blocks as u64).ctx("seek", &path)?;
         match segments {
             None => {
                 self.header(&h).ctx("write", &path)?;
@@ -474,14 +588,17 @@ impl<W: Write> Writer<W> {
 }
 
 /// The data segments of a sparse file, or `None` if it is not sparse.
-fn sparse_segments(file: &File, md: &Metadata) -> std::io::Result<Option<Vec<(u64, u64)>>> {
-    let size = md.size();
+fn sparse_segments(
+    file: &File,
+    size: u64,
+    blocks: u64,
+) -> std::io::Result<Option<Vec<(u64, u64)>>> {
     if size == 0 {
         return Ok(None);
     }
     let fd = file.as_raw_fd();
     let first_hole = lseek(fd, 0, Whence::SeekHole).map_err(std::io::Error::from)? as u64;
-    if md.blocks() * 512 >= size && first_hole >= size {
+    if blocks * 512 >= size && first_hole >= size {
         return Ok(None);
     }
     let mut segs = Vec::new();
@@ -509,21 +626,41 @@ fn sparse_segments(file: &File, md: &Metadata) -> std::io::Result<Option<Vec<(u6
     Ok(Some(segs))
 }
 
-/// Every extended attribute of `path` (not following a symlink), sorted.
-fn read_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+/// Whether an xattr is one a layer tar carries: overlay's own bookkeeping
+/// (opaque flags, redirects, metacopy, origin) belongs to the upper dir it
+/// lives in, never to a layer.
+fn carried(name: &OsStr) -> bool {
+    let b = name.as_bytes();
+    !(b.starts_with(b"trusted.overlay.") || b.starts_with(b"user.overlay."))
+}
+
+/// Every carried extended attribute of the open `file` (at `path`), sorted.
+fn fd_xattrs(file: &File, path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let names = match file.list_xattr() {
+        Ok(n) => n,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("flistxattr", path, e)),
+    };
+    let mut out = Vec::new();
+    for n in names.filter(|n| carried(n)) {
+        if let Some(v) = file.get_xattr(&n).ctx("fgetxattr", path)? {
+            out.push((n.into_vec(), v));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Every carried extended attribute of `path` (not following a symlink),
+/// sorted.
+fn path_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let names = match xattr::list(path) {
         Ok(n) => n,
         Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(Vec::new()),
         Err(e) => return Err(Error::io("llistxattr", path, e)),
     };
     let mut out = Vec::new();
-    for n in names {
-        // Overlay's own bookkeeping (opaque flags, redirects, metacopy,
-        // origin) belongs to the upper dir it lives in, never to a layer.
-        let b = n.as_bytes();
-        if b.starts_with(b"trusted.overlay.") || b.starts_with(b"user.overlay.") {
-            continue;
-        }
+    for n in names.filter(|n| carried(n)) {
         if let Some(v) = xattr::get(path, &n).ctx("lgetxattr", path)? {
             out.push((n.into_vec(), v));
         }
