@@ -231,6 +231,26 @@ struct Waiter {
 
 type Modes = IoModes<BackingId, Waiter>;
 
+/// Counts of the data requests (read, write) a union's server answered
+/// itself: with passthrough, file data bypasses the server and both stay 0.
+#[derive(Debug, Default)]
+pub struct DataRequests {
+    reads: AtomicU64,
+    writes: AtomicU64,
+}
+
+impl DataRequests {
+    /// Read requests answered so far.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
+    /// Write requests answered so far.
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
+    }
+}
+
 /// The union filesystem over a list of branch directories.
 pub struct Union {
     branches: Vec<PathBuf>,
@@ -244,6 +264,7 @@ pub struct Union {
     passthrough: AtomicBool,
     /// Whether the fallback to fd I/O was reported.
     told_fallback: AtomicBool,
+    data: Arc<DataRequests>,
     dirs: Mutex<HashMap<u64, Arc<Vec<DirEnt>>>>,
     next_fh: AtomicU64,
     tmp_seq: AtomicU64,
@@ -289,6 +310,7 @@ impl Union {
             io: Arc::new(Mutex::new(IoModes::default())),
             passthrough: AtomicBool::new(false),
             told_fallback: AtomicBool::new(false),
+            data: Arc::default(),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             tmp_seq: AtomicU64::new(0),
@@ -736,6 +758,12 @@ impl Union {
             .get(&fh.0)
             .map(|h| h.file.clone())
             .ok_or(Errno::EBADF)
+    }
+
+    /// The counts of data requests this union's server answers (shared:
+    /// take it before mounting, read it while mounted).
+    pub fn data_requests(&self) -> Arc<DataRequests> {
+        self.data.clone()
     }
 
     /// Whether this mount's opens pass through to their backing files (until
@@ -1385,6 +1413,7 @@ impl Filesystem for Union {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.data.reads.fetch_add(1, Ordering::Relaxed);
         let r = (|| {
             let f = self.file(fh)?;
             let mut buf = vec![0u8; size as usize];
@@ -1418,6 +1447,7 @@ impl Filesystem for Union {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        self.data.writes.fetch_add(1, Ordering::Relaxed);
         let r = self
             .file(fh)
             .and_then(|f| f.write_all_at(data, offset).map_err(errno));
@@ -1855,6 +1885,19 @@ pub fn spawn(
     mountpoint: &Path,
     threads: usize,
 ) -> io::Result<fuser::BackgroundSession> {
-    let cfg = mount_config(!writable, "strata-aufs", threads);
-    fuser::spawn_mount(Union::new(branches, writable), mountpoint, &cfg)
+    spawn_union(Union::new(branches, writable), mountpoint, threads)
+}
+
+/// Mounts `union` in this process on `mountpoint` (read-only when the union
+/// is), as [`spawn`] does.
+///
+/// # Errors
+/// As [`spawn`].
+pub fn spawn_union(
+    union: Union,
+    mountpoint: &Path,
+    threads: usize,
+) -> io::Result<fuser::BackgroundSession> {
+    let cfg = mount_config(!union.writable, "strata-aufs", threads);
+    fuser::spawn_mount(union, mountpoint, &cfg)
 }
