@@ -42,6 +42,11 @@ struct Mounted {
 
 impl Mounted {
     fn new(lower: impl FnOnce(&Path)) -> Mounted {
+        Self::with(lower, |b| union::Union::new(b, true))
+    }
+
+    /// Mounts the union `make` builds over the branches (upper, lower).
+    fn with(lower: impl FnOnce(&Path), make: impl FnOnce(Vec<PathBuf>) -> union::Union) -> Mounted {
         let tmp = tempfile::tempdir().unwrap();
         let (up, low, mnt) = (
             tmp.path().join("up"),
@@ -52,7 +57,7 @@ impl Mounted {
             fs::create_dir(d).unwrap();
         }
         lower(&low);
-        let session = union::spawn(vec![up, low], true, &mnt, 4).expect("mount union");
+        let session = union::spawn_union(make(vec![up, low]), &mnt, 4).expect("mount union");
         Mounted {
             session: Some(session),
             tmp,
@@ -322,4 +327,86 @@ fn read_only_union_refuses_writes() {
     let _ = s.umount_and_join();
     assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EROFS));
     assert_eq!(r2.unwrap_err().raw_os_error(), Some(libc::EROFS));
+}
+
+/// Whether the running kernel is 6.9 or later (FUSE passthrough). Prints
+/// why not; a failure when `CI=true`.
+fn kernel_has_passthrough() -> bool {
+    let rel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let rel = rel.trim();
+    let mut it = rel.split(|c: char| !c.is_ascii_digit());
+    let v: (u32, u32) = (
+        it.next().and_then(|x| x.parse().ok()).unwrap_or(0),
+        it.next().and_then(|x| x.parse().ok()).unwrap_or(0),
+    );
+    if v >= (6, 9) {
+        return true;
+    }
+    let why = format!("needs kernel 6.9+ for FUSE passthrough, have {rel:?}");
+    assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "CI: {why}");
+    eprintln!("skip: {why}");
+    false
+}
+
+#[test]
+fn passthrough_keeps_data_out_of_the_server() {
+    if !ready() || !kernel_has_passthrough() {
+        return;
+    }
+    let mut data = None;
+    let m = Mounted::with(
+        |low| fs::write(low.join("f"), vec![7u8; 1 << 20]).unwrap(),
+        |b| {
+            let u = union::Union::new(b, true);
+            data = Some(u.data_requests());
+            u
+        },
+    );
+    let data = data.unwrap();
+    // A read of the lower file, an append (copy-up first), a new file.
+    assert_eq!(fs::read(m.m("f")).unwrap(), vec![7u8; 1 << 20]);
+    fs::OpenOptions::new()
+        .append(true)
+        .open(m.m("f"))
+        .unwrap()
+        .write_all(b"tail")
+        .unwrap();
+    fs::write(m.m("new"), b"new file").unwrap();
+    assert_eq!(fs::read(m.m("new")).unwrap(), b"new file");
+    let f = fs::read(m.m("f")).unwrap();
+    assert_eq!((f.len(), &f[f.len() - 4..]), ((1 << 20) + 4, &b"tail"[..]));
+    assert_eq!(fs::read(m.up("f")).unwrap(), f);
+    assert_eq!(
+        (data.reads(), data.writes()),
+        (0, 0),
+        "data requests reached the server: no passthrough"
+    );
+}
+
+#[test]
+fn copy_up_waits_for_readers_of_the_lower_file() {
+    if !ready() {
+        return;
+    }
+    let m = Mounted::new(|low| fs::write(low.join("f"), b"lower").unwrap());
+    // A reader holds the lower file open; a writer copies it up meanwhile.
+    let reader = fs::File::open(m.m("f")).unwrap();
+    let mnt = m.mnt.clone();
+    let t0 = std::time::Instant::now();
+    let writer = std::thread::spawn(move || {
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(mnt.join("f"))
+            .unwrap();
+        f.write_all(b"+upper").unwrap();
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut s = String::new();
+    std::io::Read::read_to_string(&mut &reader, &mut s).unwrap();
+    assert_eq!(s, "lower");
+    drop(reader);
+    writer.join().unwrap();
+    assert!(t0.elapsed() < std::time::Duration::from_secs(4));
+    assert_eq!(fs::read(m.m("f")).unwrap(), b"lower+upper");
+    assert_eq!(fs::read(m.up("f")).unwrap(), b"lower+upper");
 }

@@ -27,6 +27,7 @@
 //!   waits for the server to end. Views are served by threads of the
 //!   calling process instead.
 
+mod iomode;
 pub mod kernel;
 pub mod native;
 pub mod server;

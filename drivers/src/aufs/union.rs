@@ -24,13 +24,26 @@
 //! Inode numbers are stable while mounted: a directory keeps the number of
 //! its path, a non-directory the number first given to its backing inode
 //! (device, inode), also after copy-up (the copy is mapped to the same
-//! number) and for every hard link. File data never passes through memory
-//! beyond one request: reads and writes go straight to an fd of the
-//! backing file. Mutations of the tree are serialised by one lock; reads,
-//! lookups and data I/O run concurrently on the server threads.
+//! number) and for every hard link.
+//!
+//! File data does not pass through the server where the kernel offers FUSE
+//! passthrough (6.9+, negotiated at init; the server needs CAP_SYS_ADMIN):
+//! an open registers the backing file (the lower branch's file for a
+//! read-only open, the upper file, copied up first, for a write open or a
+//! create) and the kernel reads and writes it directly. Where the kernel
+//! refuses, the union falls back (saying so once on stderr) to fd I/O: each
+//! read or write request goes to an fd of the backing file, never more
+//! than one request's data in memory. How opens of one inode share a
+//! backing file, and wait for readers of the lower file at copy-up, is
+//! [`super::iomode`]'s part.
+//!
+//! Mutations of the tree are serialised by one lock; reads, lookups and
+//! data I/O run concurrently on the server threads (`threads` of them,
+//! each reading requests from the FUSE device).
 
+use super::iomode::{Admit, IoModes, Key};
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
     ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
     ReplyXattr, Request, TimeOrNow, WriteFlags,
@@ -42,7 +55,7 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -58,6 +71,9 @@ pub const OPQ: &str = ".wh..wh..opq";
 const TMP_PREFIX: &str = ".wh..wh.cu.";
 /// How long the kernel may cache entries and attributes.
 const TTL: Duration = Duration::from_secs(1);
+/// How long an open may wait for the readers of a file's lower copy to
+/// close (see [`super::iomode`]) before it fails with `EBUSY`.
+const BACKING_WAIT: Duration = Duration::from_secs(5);
 
 type R<T> = std::result::Result<T, Errno>;
 
@@ -199,13 +215,56 @@ struct DirEnt {
     ino: u64,
 }
 
+/// An open file: its fd, and the inode it was opened as.
+struct Handle {
+    file: Arc<File>,
+    ino: u64,
+}
+
+/// An open whose reply waits for the inode's backing file to be free.
+struct Waiter {
+    reply: ReplyOpen,
+    file: File,
+    key: Key,
+    ino: u64,
+}
+
+type Modes = IoModes<BackingId, Waiter>;
+
+/// Counts of the data requests (read, write) a union's server answered
+/// itself: with passthrough, file data bypasses the server and both stay 0.
+#[derive(Debug, Default)]
+pub struct DataRequests {
+    reads: AtomicU64,
+    writes: AtomicU64,
+}
+
+impl DataRequests {
+    /// Read requests answered so far.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
+    /// Write requests answered so far.
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
+    }
+}
+
 /// The union filesystem over a list of branch directories.
 pub struct Union {
     branches: Vec<PathBuf>,
     writable: bool,
     state: Mutex<State>,
     wlock: Mutex<()>,
-    files: Mutex<HashMap<u64, Arc<File>>>,
+    files: Mutex<HashMap<u64, Handle>>,
+    io: Arc<Mutex<Modes>>,
+    /// Whether opens try kernel passthrough: set when init negotiated it,
+    /// cleared when the kernel refuses it for good.
+    passthrough: AtomicBool,
+    /// Whether the fallback to fd I/O was reported.
+    told_fallback: AtomicBool,
+    data: Arc<DataRequests>,
     dirs: Mutex<HashMap<u64, Arc<Vec<DirEnt>>>>,
     next_fh: AtomicU64,
     tmp_seq: AtomicU64,
@@ -248,6 +307,10 @@ impl Union {
             state: Mutex::new(st),
             wlock: Mutex::new(()),
             files: Mutex::new(HashMap::new()),
+            io: Arc::new(Mutex::new(IoModes::default())),
+            passthrough: AtomicBool::new(false),
+            told_fallback: AtomicBool::new(false),
+            data: Arc::default(),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             tmp_seq: AtomicU64::new(0),
@@ -678,14 +741,116 @@ impl Union {
         .map_err(nix_errno)
     }
 
-    fn new_fh(&self, f: File) -> u64 {
+    fn new_fh(&self, f: File, ino: u64) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        lock(&self.files).insert(fh, Arc::new(f));
+        lock(&self.files).insert(
+            fh,
+            Handle {
+                file: Arc::new(f),
+                ino,
+            },
+        );
         fh
     }
 
     fn file(&self, fh: FileHandle) -> R<Arc<File>> {
-        lock(&self.files).get(&fh.0).cloned().ok_or(Errno::EBADF)
+        lock(&self.files)
+            .get(&fh.0)
+            .map(|h| h.file.clone())
+            .ok_or(Errno::EBADF)
+    }
+
+    /// The counts of data requests this union's server answers (shared:
+    /// take it before mounting, read it while mounted).
+    pub fn data_requests(&self) -> Arc<DataRequests> {
+        self.data.clone()
+    }
+
+    /// Whether this mount's opens pass through to their backing files (until
+    /// the kernel refuses one for good).
+    pub fn passthrough(&self) -> bool {
+        self.passthrough.load(Ordering::Relaxed)
+    }
+
+    /// Says once, on stderr (the server's log), that data goes through the
+    /// server instead of passthrough, and why.
+    fn tell_fallback(&self, why: &str) {
+        if !self.told_fallback.swap(true, Ordering::Relaxed) {
+            eprintln!(
+                "strata aufs union: no FUSE passthrough ({why}); file data goes through \
+                 the server (fd I/O)"
+            );
+        }
+    }
+
+    /// Registers `file` as a backing file with `register` when passthrough
+    /// is on; `None` (fd I/O) when off or refused. A refusal that holds for
+    /// every file (no privilege, no kernel support) turns passthrough off.
+    fn backing(
+        &self,
+        file: &File,
+        register: impl FnOnce(&File) -> io::Result<BackingId>,
+    ) -> Option<BackingId> {
+        if !self.passthrough() {
+            return None;
+        }
+        match register(file) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                let for_good = matches!(
+                    e.raw_os_error(),
+                    Some(libc::EPERM | libc::ENOTTY | libc::ENOSYS | libc::EINVAL)
+                );
+                if for_good {
+                    self.passthrough.store(false, Ordering::Relaxed);
+                }
+                self.tell_fallback(&format!("registering a backing file: {e}"));
+                None
+            }
+        }
+    }
+
+    /// Answers open `w` by the inode's I/O mode: passthrough to the inode's
+    /// backing file, fd I/O, or (a different backing file is in use) parks
+    /// it until the inode's files are closed; `parked` is its wait id when
+    /// it was parked before. Caller holds `io`.
+    fn serve_open(&self, io: &mut Modes, w: Waiter, parked: Option<u64>) {
+        match io.admit(w.ino, w.key) {
+            Admit::First => {
+                let b = self.backing(&w.file, |f| w.reply.open_backing(f));
+                let b = io.establish(w.ino, w.key, b);
+                let fh = self.new_fh(w.file, w.ino);
+                reply_open(w.reply, fh, b.as_deref());
+            }
+            Admit::Join(b) => {
+                let fh = self.new_fh(w.file, w.ino);
+                reply_open(w.reply, fh, b.as_deref());
+            }
+            Admit::Wait => {
+                let id = match parked {
+                    Some(id) => id,
+                    None => {
+                        let id = io.wait_id();
+                        let (modes, ino) = (self.io.clone(), w.ino);
+                        let timer = std::thread::Builder::new()
+                            .name("aufs-open-wait".into())
+                            .spawn(move || {
+                                std::thread::sleep(BACKING_WAIT);
+                                let w = lock(&modes).expire(ino, id);
+                                if let Some(w) = w {
+                                    w.reply.error(Errno::EBUSY);
+                                }
+                            });
+                        if timer.is_err() {
+                            w.reply.error(Errno::EBUSY);
+                            return;
+                        }
+                        id
+                    }
+                };
+                io.park(w.ino, id, w);
+            }
+        }
     }
 
     fn do_lookup(&self, parent: u64, name: &OsStr) -> R<FileAttr> {
@@ -898,7 +1063,7 @@ impl Union {
             fs::set_permissions(&up, fs::Permissions::from_mode(m & 0o7777)).map_err(errno)?;
         }
         if let Some(s) = size {
-            match fh.and_then(|fh| lock(&self.files).get(&fh.0).cloned()) {
+            match fh.and_then(|fh| lock(&self.files).get(&fh.0).map(|h| h.file.clone())) {
                 Some(f) => f.set_len(s).map_err(errno)?,
                 None => OpenOptions::new()
                     .write(true)
@@ -999,7 +1164,17 @@ fn restore_times(dir: &Path, md: &Metadata) {
 fn restore_mtime_now(_dir: &Path, _md: &Metadata) {}
 
 impl Filesystem for Union {
-    fn init(&mut self, _req: &Request, _config: &mut KernelConfig) -> io::Result<()> {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        // Passthrough: backing files may sit on a stacked filesystem
+        // themselves (an overlay root in a container), so allow depth 2;
+        // nothing stacks on a union mount.
+        match config.add_capabilities(fuser::InitFlags::FUSE_PASSTHROUGH) {
+            Ok(()) => match config.set_max_stack_depth(2) {
+                Ok(_) => self.passthrough.store(true, Ordering::Relaxed),
+                Err(_) => self.tell_fallback("the kernel's stacking depth"),
+            },
+            Err(_) => self.tell_fallback("the kernel does not offer it"),
+        }
         Ok(())
     }
 
@@ -1208,11 +1383,21 @@ impl Filesystem for Union {
             let keep =
                 libc::O_TRUNC | libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME | libc::O_APPEND;
             o.custom_flags((flags.0 & keep) | libc::O_NOFOLLOW);
+            // The backing file is chosen here, after any copy-up above.
             let file = o.open(&path).map_err(errno)?;
-            Ok(self.new_fh(file))
+            let md = file.metadata().map_err(errno)?;
+            Ok((file, (md.dev(), md.ino())))
         })();
         match r {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok((file, key)) => {
+                let w = Waiter {
+                    reply,
+                    file,
+                    key,
+                    ino: ino.0,
+                };
+                self.serve_open(&mut lock(&self.io), w, None);
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -1228,6 +1413,7 @@ impl Filesystem for Union {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.data.reads.fetch_add(1, Ordering::Relaxed);
         let r = (|| {
             let f = self.file(fh)?;
             let mut buf = vec![0u8; size as usize];
@@ -1261,6 +1447,7 @@ impl Filesystem for Union {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        self.data.writes.fetch_add(1, Ordering::Relaxed);
         let r = self
             .file(fh)
             .and_then(|f| f.write_all_at(data, offset).map_err(errno));
@@ -1291,7 +1478,15 @@ impl Filesystem for Union {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        lock(&self.files).remove(&fh.0);
+        let h = lock(&self.files).remove(&fh.0);
+        if let Some(h) = h {
+            // The kernel ended this file's I/O mode before sending the
+            // release: the last release frees the inode for parked opens.
+            let mut io = lock(&self.io);
+            for (id, w) in io.release(h.ino) {
+                self.serve_open(&mut io, w, Some(id));
+            }
+        }
         reply.ok();
     }
 
@@ -1562,13 +1757,31 @@ impl Filesystem for Union {
                 .map_err(errno)?;
             self.chown_to(&up, req)?;
             let a = self.entry_reply(&prel.join(name))?;
-            Ok((a, self.new_fh(file)))
+            let md = file.metadata().map_err(errno)?;
+            Ok((a, file, (md.dev(), md.ino())))
         })();
-        match r {
-            Ok((a, fh)) => {
-                reply.created(&TTL, &a, Generation(0), FileHandle(fh), FopenFlags::empty())
+        let (a, file, key) = match r {
+            Ok(v) => v,
+            Err(e) => return reply.error(e),
+        };
+        // A new file: its inode has no other open file (a reused inode
+        // number whose old file is still being released is refused).
+        let ino = a.ino.0;
+        let mut io = lock(&self.io);
+        let b = match io.admit(ino, key) {
+            Admit::First => {
+                let b = self.backing(&file, |f| reply.open_backing(f));
+                io.establish(ino, key, b)
             }
-            Err(e) => reply.error(e),
+            Admit::Join(b) => b,
+            Admit::Wait => return reply.error(Errno::EBUSY),
+        };
+        let fh = FileHandle(self.new_fh(file, ino));
+        match b {
+            Some(b) => {
+                reply.created_passthrough(&TTL, &a, Generation(0), fh, FopenFlags::empty(), &b)
+            }
+            None => reply.created(&TTL, &a, Generation(0), fh, FopenFlags::empty()),
         }
     }
 
@@ -1624,6 +1837,13 @@ impl Filesystem for Union {
     }
 }
 
+fn reply_open(reply: ReplyOpen, fh: u64, backing: Option<&BackingId>) {
+    match backing {
+        Some(b) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), b),
+        None => reply.opened(FileHandle(fh), FopenFlags::empty()),
+    }
+}
+
 fn xattr_reply(r: R<Vec<u8>>, size: u32, reply: ReplyXattr) {
     match r {
         Ok(v) if size == 0 => reply.size(v.len() as u32),
@@ -1665,6 +1885,19 @@ pub fn spawn(
     mountpoint: &Path,
     threads: usize,
 ) -> io::Result<fuser::BackgroundSession> {
-    let cfg = mount_config(!writable, "strata-aufs", threads);
-    fuser::spawn_mount(Union::new(branches, writable), mountpoint, &cfg)
+    spawn_union(Union::new(branches, writable), mountpoint, threads)
+}
+
+/// Mounts `union` in this process on `mountpoint` (read-only when the union
+/// is), as [`spawn`] does.
+///
+/// # Errors
+/// As [`spawn`].
+pub fn spawn_union(
+    union: Union,
+    mountpoint: &Path,
+    threads: usize,
+) -> io::Result<fuser::BackgroundSession> {
+    let cfg = mount_config(!union.writable, "strata-aufs", threads);
+    fuser::spawn_mount(union, mountpoint, &cfg)
 }
