@@ -153,6 +153,14 @@ async fn symlinks(cx: &Ctx, canary: &std::path::Path) -> Result<Outcome> {
     }
 }
 
+/// `s`, cut to 300 characters (errors may name paths of 5,000 bytes).
+fn clip(s: &str) -> String {
+    match s.char_indices().nth(300) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
 /// Longest one apply may take (a driver that opened a fifo would hang).
 const APPLY_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -187,7 +195,7 @@ async fn run(cx: &Ctx, canary: &std::path::Path) -> Result<Outcome> {
         )
         .await;
         let _ = fs::remove_file(&file);
-        let mut fail = |why: String| failures.push(format!("{}: {why}", case.name));
+        let mut fail = |why: String| failures.push(format!("{}: {}", case.name, clip(&why)));
         match (applied, case.expect) {
             (Err(_), _) => fail(format!("apply did not finish in {APPLY_TIMEOUT:?}")),
             (Ok(Err(e)), Expect::Reject | Expect::NoEscape) => {
