@@ -24,9 +24,10 @@
 //! Modules: [`tree`] (tree manifests and their comparison), [`ops`] (the
 //! operations scenarios apply to layers and to reference directories),
 //! [`fixtures`] (loop filesystems, the vfs factory), [`tarfile`] (a minimal
-//! tar writer for hand-made tars), [`Ctx`] (what a scenario gets).
+//! tar writer for hand-made tars), [`hostile`] (the hostile-archive corpus), [`Ctx`] (what a scenario gets).
 
 pub mod fixtures;
+pub mod hostile;
 pub mod ops;
 pub mod tarfile;
 pub mod tree;
@@ -219,7 +220,7 @@ pub type RunFn = fn(Ctx) -> BoxFuture<anyhow::Result<Outcome>>;
 pub struct Scenario {
     /// Unique name (`kebab-case`), usable as a filter.
     pub name: &'static str,
-    /// Its group: `lifecycle`, `contents` or `beyond`.
+    /// Its group: `lifecycle`, `contents`, `beyond` or `hostile`.
     pub group: &'static str,
     /// What it checks, one line.
     pub about: &'static str,
@@ -571,7 +572,7 @@ macro_rules! scenario_tests {
             deep_chain_max, changes_exact, diff_apply, many_files_wide,
             many_files_deep, xattrs, sparse_files, hardlinks, sockets_fifos,
             device_nodes, long_names, non_utf8_names, wh_lookalikes,
-            tar_whiteouts
+            tar_whiteouts, hostile_archives, symlinks_stay_inside
         );
     };
     (@list $module:ident, $factory:expr, $($t:ident),*) => {

@@ -101,7 +101,9 @@ tests!(
     long_names,
     non_utf8_names,
     wh_lookalikes,
-    tar_whiteouts
+    tar_whiteouts,
+    hostile_archives,
+    symlinks_stay_inside
 );
 
 #[test]

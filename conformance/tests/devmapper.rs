@@ -130,7 +130,9 @@ macro_rules! each_scenario {
             long_names,
             non_utf8_names,
             wh_lookalikes,
-            tar_whiteouts
+            tar_whiteouts,
+            hostile_archives,
+            symlinks_stay_inside
         );
     };
 }

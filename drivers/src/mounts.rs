@@ -21,6 +21,42 @@ use nix::sys::statvfs::{statvfs, FsFlags};
 use std::path::Path;
 use strata_driver_api::{Error, IoContext, Result};
 
+/// Checks mount options that a caller ([`strata_driver_api::MountOpts`])
+/// or the configuration adds to a driver's own kernel mount: each must be
+/// one option (no `,` and no NUL byte, which would smuggle in more) and
+/// must not set one of `reserved`, the keys with which the driver names
+/// what the mount is made of (`lowerdir`, `upperdir`, `subvol`, `br`...).
+/// A key is what comes before `=` or `:`, without a trailing `+`.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] naming the driver and the option.
+pub fn check_extra_options<S: AsRef<str>>(
+    driver: &str,
+    options: &[S],
+    reserved: &[&str],
+) -> Result<()> {
+    for o in options {
+        let o = o.as_ref();
+        let key = o
+            .split(['=', ':'])
+            .next()
+            .unwrap_or("")
+            .trim_end_matches('+');
+        let why = if o.contains(',') || o.contains('\0') {
+            "holds ',' or a NUL byte: give each option on its own"
+        } else if reserved.contains(&key) {
+            "sets what the mount is made of, which only the driver decides"
+        } else {
+            continue;
+        };
+        return Err(Error::InvalidArgument {
+            what: format!("{driver} mount option {o:?}"),
+            why: why.into(),
+        });
+    }
+    Ok(())
+}
+
 /// The per-mount flags of a bind mount.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BindOptions {
@@ -261,5 +297,30 @@ mod tests {
             .with_options(&["context=foo"])
             .unwrap_err();
         assert!(e.to_string().contains("context=foo"), "{e}");
+    }
+
+    #[test]
+    fn extra_options_cannot_change_what_is_mounted() {
+        let reserved = ["lowerdir", "upperdir", "workdir", "datadir"];
+        for ok in [
+            "metacopy=off",
+            "redirect_dir=off",
+            "context=\"x\"",
+            "index=on",
+        ] {
+            check_extra_options("overlay", &[ok], &reserved).unwrap();
+        }
+        for bad in [
+            "lowerdir=/etc",
+            "lowerdir+=/",
+            "upperdir=/etc",
+            "workdir=/tmp",
+            "datadir+=/",
+            "metacopy=off,upperdir=/etc",
+            "index=off\0upperdir=/",
+        ] {
+            let e = check_extra_options("overlay", &[bad], &reserved).unwrap_err();
+            assert!(e.to_string().contains("overlay mount option"), "{bad}: {e}");
+        }
     }
 }

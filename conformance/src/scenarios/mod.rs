@@ -1,6 +1,7 @@
 //! The scenarios, by group: `lifecycle` (layers, mounts, ids), `contents`
 //! (what layers show across a chain, changes, diff and apply), `beyond`
-//! (what the established suites do not check), and the cross-driver ones.
+//! (what the established suites do not check), `hostile` (the hostile-archive
+//! corpus), and the cross-driver ones.
 
 use crate::ops::{self, Node, Op};
 use crate::Scenario;
@@ -9,6 +10,7 @@ use strata_driver_api::Error;
 pub(crate) mod beyond;
 pub(crate) mod contents;
 pub(crate) mod cross;
+pub(crate) mod hostile;
 pub(crate) mod lifecycle;
 
 /// Builds a [`Scenario`] from an `async fn(Ctx) -> anyhow::Result<Outcome>`.
@@ -24,6 +26,7 @@ pub(crate) fn all() -> Vec<Scenario> {
     let mut v = lifecycle::scenarios();
     v.extend(contents::scenarios());
     v.extend(beyond::scenarios());
+    v.extend(hostile::scenarios());
     v
 }
 

@@ -40,6 +40,12 @@ pub fn kernel_has_aufs() -> bool {
         .unwrap_or(false)
 }
 
+/// Kernel aufs options that name or change branches: only the driver
+/// sets them, extra options may not.
+pub const RESERVED_OPTIONS: &[&str] = &[
+    "br", "dirs", "add", "ins", "append", "prepend", "del", "idel", "mod", "imod",
+];
+
 /// Builds the mount data for `branches` (top first). The top is `=rw`
 /// when `writable`, else `=ro+wh` like the others; `extra` options go
 /// after the fixed ones. `page` is the size limit of one call's data
@@ -48,13 +54,16 @@ pub fn kernel_has_aufs() -> bool {
 /// # Errors
 /// [`Error::InvalidArgument`] for more than [`MAX_BRANCHES`] branches, a
 /// branch path holding `:` `,` or `=` (the option syntax cannot carry
-/// them), or a single branch or the fixed options not fitting a page.
+/// them), an extra option that holds `,` or sets a branch
+/// ([`RESERVED_OPTIONS`]), or a single branch or the fixed options not
+/// fitting a page.
 pub fn build(
     branches: &[PathBuf],
     writable: bool,
     extra: &[String],
     page: usize,
 ) -> Result<KernelMount> {
+    crate::mounts::check_extra_options("aufs", extra, RESERVED_OPTIONS)?;
     if branches.is_empty() || branches.len() > MAX_BRANCHES {
         return Err(Error::InvalidArgument {
             what: format!("{} aufs branches", branches.len()),
@@ -257,6 +266,20 @@ mod tests {
         assert!(build(&branches(128, 4), true, &[], PAGE).is_err());
         assert!(build(&[], true, &[], PAGE).is_err());
         assert!(build(&[PathBuf::from("/a:b")], true, &[], PAGE).is_err());
+        // Extra options may not add or change branches, nor smuggle more
+        // options in after a comma.
+        for bad in [
+            "br:/etc=rw",
+            "add:0:/etc",
+            "dirperm1,br:/etc",
+            "del:/x",
+            "dirs=/etc",
+        ] {
+            assert!(
+                build(&branches(2, 4), true, &[bad.into()], PAGE).is_err(),
+                "{bad} accepted"
+            );
+        }
         assert!(build(
             &[PathBuf::from(format!("/{}", "x".repeat(5000)))],
             true,

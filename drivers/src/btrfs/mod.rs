@@ -582,6 +582,11 @@ impl Inner {
         if meta.read_only || opts.read_only {
             options.push("ro".into());
         }
+        crate::mounts::check_extra_options(
+            "btrfs",
+            &opts.options,
+            &["subvol", "subvolid", "device"],
+        )?;
         options.extend(opts.options.iter().cloned());
         Ok(vec![MountSpec {
             fs_type: NAME.into(),

@@ -127,6 +127,16 @@ pub fn delete_tree(path: &Path) -> Result<Vec<u64>> {
     // Clear read-only everywhere first: deleting a subvolume removes its
     // entry from the directory (of the enclosing subvolume) that holds it.
     set_read_only(path, false)?;
+    // Most subvolumes hold no others: the kernel deletes them at once
+    // (it refuses one with nested subvolumes), and no walk is needed. The
+    // walk goes by path, which fails (ENAMETOOLONG) in a layer holding a
+    // path longer than PATH_MAX, as a layer tar can make.
+    if let Ok(s) = Subvolume::get(path) {
+        let id = s.id();
+        if s.delete(None).is_ok() {
+            return Ok(vec![id]);
+        }
+    }
     let nested = nested(path)?;
     for n in &nested {
         set_read_only(n, false)?;

@@ -59,6 +59,9 @@ pub enum MountApiChoice {
     Classic,
 }
 
+/// Overlay mount options only the driver sets: extra options may not.
+const RESERVED_OPTIONS: &[&str] = &["lowerdir", "upperdir", "workdir", "datadir"];
+
 /// Options of the `[overlay]` configuration table.
 #[derive(Clone, Debug, Default, serde::Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -148,6 +151,7 @@ impl Overlay {
     }
 
     fn open_blocking(root: &Path, opts: OverlayOptions) -> Result<Self> {
+        mounts::check_extra_options("overlay", &opts.mount_options, RESERVED_OPTIONS)?;
         probe::kernel_has_overlay()?;
         let layout = Layout::new(root.join("overlay"));
         layout.ensure()?;
@@ -340,6 +344,7 @@ impl Inner {
         read_only: bool,
         extra: &[String],
     ) -> Result<Option<OverlayMount>> {
+        mounts::check_extra_options("overlay", extra, RESERVED_OPTIONS)?;
         let lowers = self.layout.lowers(id)?;
         if lowers.is_empty() {
             return Ok(None);

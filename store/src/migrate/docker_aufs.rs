@@ -115,11 +115,22 @@ pub fn read_layout(dir: &Path) -> Result<Vec<DockerLayer>> {
             .map(|l| LayerId::new(l).map_err(|e| bad(&file, e.to_string())))
             .collect::<Result<Vec<_>>>()?;
         let diff = dir.join("diff").join(&name);
-        if !diff.is_dir() {
-            return Err(bad(
-                &diff,
-                format!("layer {id}: its diff directory is missing"),
-            ));
+        // lstat: a `diff/<id>` that is a symlink (to `/`, say) would
+        // import whatever it points to as the layer.
+        match std::fs::symlink_metadata(&diff) {
+            Ok(m) if m.is_dir() => {}
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(bad(
+                    &diff,
+                    format!("layer {id}: its diff directory is a symlink, which is not followed"),
+                ))
+            }
+            _ => {
+                return Err(bad(
+                    &diff,
+                    format!("layer {id}: its diff directory is missing"),
+                ))
+            }
         }
         out.insert(
             name,
@@ -353,6 +364,12 @@ mod tests {
         std::fs::remove_dir(d.join("diff").join(&b)).unwrap();
         let e = read_layout(d).unwrap_err().to_string();
         assert!(e.contains("diff directory"), "{e}");
+        // A diff directory that is a symlink (here to the host's root) is
+        // refused, not followed.
+        std::os::unix::fs::symlink("/", d.join("diff").join(&b)).unwrap();
+        let e = read_layout(d).unwrap_err().to_string();
+        assert!(e.contains("is a symlink"), "{e}");
+        std::fs::remove_file(d.join("diff").join(&b)).unwrap();
         // Not an aufs store at all.
         let e = read_layout(&d.join("diff")).unwrap_err().to_string();
         assert!(e.contains("layers/"), "{e}");
