@@ -22,7 +22,7 @@
 
 mod common;
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use containerd_snapshots::api::snapshots::v1::{
     snapshots_client::SnapshotsClient, CleanupRequest, CommitSnapshotRequest, Info,
     ListSnapshotsRequest, MountsRequest, PrepareSnapshotRequest, RemoveSnapshotRequest,
@@ -98,10 +98,24 @@ fn ensure_packages() -> Result<(), String> {
             .stdin(Stdio::null())
             .output()
     };
-    let mut o = apt(&["install", "-y", "-qq", "containerd", "runc", "busybox-static"]);
+    let mut o = apt(&[
+        "install",
+        "-y",
+        "-qq",
+        "containerd",
+        "runc",
+        "busybox-static",
+    ]);
     if !o.as_ref().is_ok_and(|o| o.status.success()) {
         let _ = apt(&["update", "-qq"]);
-        o = apt(&["install", "-y", "-qq", "containerd", "runc", "busybox-static"]);
+        o = apt(&[
+            "install",
+            "-y",
+            "-qq",
+            "containerd",
+            "runc",
+            "busybox-static",
+        ]);
     }
     let left = missing();
     if left.is_empty() {
@@ -225,18 +239,6 @@ impl Server {
         self.child
             .take()
             .and_then(|mut c| stop_child(&mut c, Duration::from_secs(30)))
-    }
-
-    fn restart(&mut self) -> Result<()> {
-        let st = self.stop();
-        ensure!(
-            st.is_some_and(|s| s.success()),
-            "strata serve did not stop cleanly on SIGTERM ({st:?}): {}",
-            self.log_text()
-        );
-        let again = Server::start(&self.root, &self.driver, &self.sock)?;
-        *self = again;
-        Ok(())
     }
 
     /// `strata ARGS` on this server's root (another process on the store).
@@ -576,11 +578,21 @@ async fn basic(s: &Snap, w: &Path) -> Result<()> {
         write(g.p("gone"), "x")?;
     }
     let i = s.stat("basic/a1").await?;
-    ensure!(i.kind == ACTIVE && i.parent.is_empty(), "stat active: {i:?}");
+    ensure!(
+        i.kind == ACTIVE && i.parent.is_empty(),
+        "stat active: {i:?}"
+    );
     s.commit("basic/c1", "basic/a1").await?;
     let i = s.stat("basic/c1").await?;
-    ensure!(i.kind == COMMITTED && i.name == "basic/c1" && i.parent.is_empty(), "{i:?}");
-    code(s.stat("basic/a1").await, &[Code::NotFound], "stat of a committed key")?;
+    ensure!(
+        i.kind == COMMITTED && i.name == "basic/c1" && i.parent.is_empty(),
+        "{i:?}"
+    );
+    code(
+        s.stat("basic/a1").await,
+        &[Code::NotFound],
+        "stat of a committed key",
+    )?;
     let m = s.prepare("basic/a2", "basic/c1").await?;
     {
         let g = Mounted::new(&m, w)?;
@@ -602,7 +614,10 @@ async fn basic(s: &Snap, w: &Path) -> Result<()> {
         ensure!(!g.p("gone").exists(), "a deleted file shows in the child");
     }
     // Mounts gives the same mounts again.
-    ensure!(s.mounts("basic/v").await? == m, "Mounts differs from View's");
+    ensure!(
+        s.mounts("basic/v").await? == m,
+        "Mounts differs from View's"
+    );
     for k in ["basic/v", "basic/c2", "basic/c1"] {
         s.remove(k).await?;
     }
@@ -613,25 +628,65 @@ async fn basic(s: &Snap, w: &Path) -> Result<()> {
 /// cannot be committed.
 async fn key_rules(s: &Snap) -> Result<()> {
     s.prepare("rules/a", "").await?;
-    code(s.prepare("rules/a", "").await, &[Code::AlreadyExists], "prepare twice")?;
-    code(s.view("rules/a", "").await, &[Code::AlreadyExists], "view on a taken key")?;
-    code(s.prepare("rules/x", "rules/missing").await, &[Code::NotFound], "a missing parent")?;
+    code(
+        s.prepare("rules/a", "").await,
+        &[Code::AlreadyExists],
+        "prepare twice",
+    )?;
+    code(
+        s.view("rules/a", "").await,
+        &[Code::AlreadyExists],
+        "view on a taken key",
+    )?;
+    code(
+        s.prepare("rules/x", "rules/missing").await,
+        &[Code::NotFound],
+        "a missing parent",
+    )?;
     code(
         s.prepare("rules/y", "rules/a").await,
         &[Code::InvalidArgument, Code::FailedPrecondition],
         "an active parent",
     )?;
     s.commit("rules/c", "rules/a").await?;
-    code(s.prepare("rules/c", "").await, &[Code::AlreadyExists], "a key equal to a name")?;
+    code(
+        s.prepare("rules/c", "").await,
+        &[Code::AlreadyExists],
+        "a key equal to a name",
+    )?;
     s.prepare("rules/b", "").await?;
-    code(s.commit("rules/c", "rules/b").await, &[Code::AlreadyExists], "commit to a taken name")?;
+    code(
+        s.commit("rules/c", "rules/b").await,
+        &[Code::AlreadyExists],
+        "commit to a taken name",
+    )?;
     s.prepare("rules/d", "").await?;
-    code(s.commit("rules/b", "rules/d").await, &[Code::AlreadyExists], "commit onto an active key")?;
+    code(
+        s.commit("rules/b", "rules/d").await,
+        &[Code::AlreadyExists],
+        "commit onto an active key",
+    )?;
     s.view("rules/v", "rules/c").await?;
-    code(s.commit("rules/vc", "rules/v").await, &[Code::FailedPrecondition], "commit a view")?;
-    code(s.commit("rules/cc", "rules/c").await, &[Code::FailedPrecondition], "commit a committed")?;
-    code(s.commit("rules/z", "rules/none").await, &[Code::NotFound], "commit a missing key")?;
-    code(s.prepare("", "").await, &[Code::InvalidArgument], "an empty key")?;
+    code(
+        s.commit("rules/vc", "rules/v").await,
+        &[Code::FailedPrecondition],
+        "commit a view",
+    )?;
+    code(
+        s.commit("rules/cc", "rules/c").await,
+        &[Code::FailedPrecondition],
+        "commit a committed",
+    )?;
+    code(
+        s.commit("rules/z", "rules/none").await,
+        &[Code::NotFound],
+        "commit a missing key",
+    )?;
+    code(
+        s.prepare("", "").await,
+        &[Code::InvalidArgument],
+        "an empty key",
+    )?;
     for k in ["rules/v", "rules/b", "rules/d", "rules/c"] {
         s.remove(k).await?;
     }
@@ -650,7 +705,10 @@ async fn view_readonly(s: &Snap, w: &Path) -> Result<()> {
     {
         let g = Mounted::new(&m, w)?;
         let e = std::fs::write(g.p("new"), "y").expect_err("a write into a view");
-        ensure!(e.raw_os_error() == Some(libc::EROFS), "write into a view: {e}");
+        ensure!(
+            e.raw_os_error() == Some(libc::EROFS),
+            "write into a view: {e}"
+        );
         ensure!(read(g.p("f"))? == "x");
     }
     s.remove("ro/v").await?;
@@ -662,10 +720,17 @@ async fn view_readonly(s: &Snap, w: &Path) -> Result<()> {
 async fn update(s: &Snap) -> Result<()> {
     s.prepare_l("upd/a", "", &[("a", "1"), ("b", "2")]).await?;
     let i0 = s.stat("upd/a").await?;
-    ensure!(i0.labels.get("a").map(String::as_str) == Some("1") && i0.labels.len() == 2, "{i0:?}");
+    ensure!(
+        i0.labels.get("a").map(String::as_str) == Some("1") && i0.labels.len() == 2,
+        "{i0:?}"
+    );
     tokio::time::sleep(Duration::from_millis(10)).await;
     let i1 = s
-        .update("upd/a", &[("a", "10"), ("c", "3")], &["labels.a", "labels.c", "labels.b"])
+        .update(
+            "upd/a",
+            &[("a", "10"), ("c", "3")],
+            &["labels.a", "labels.c", "labels.b"],
+        )
         .await?;
     let want: HashMap<String, String> = [("a", "10"), ("c", "3")]
         .iter()
@@ -674,11 +739,26 @@ async fn update(s: &Snap) -> Result<()> {
     ensure!(i1.labels == want, "labels after update: {:?}", i1.labels);
     ensure!(i1.created_at == i0.created_at, "created changed");
     ensure!(i1.updated_at != i0.updated_at, "updated did not change");
-    ensure!(s.stat("upd/a").await?.labels == want, "labels not persisted");
+    ensure!(
+        s.stat("upd/a").await?.labels == want,
+        "labels not persisted"
+    );
     let i2 = s.update("upd/a", &[("z", "1")], &["labels"]).await?;
-    ensure!(i2.labels.len() == 1 && i2.labels["z"] == "1", "{:?}", i2.labels);
-    code(s.update("upd/a", &[], &["name"]).await, &[Code::InvalidArgument], "update name")?;
-    code(s.update("upd/none", &[], &["labels"]).await, &[Code::NotFound], "update a missing key")?;
+    ensure!(
+        i2.labels.len() == 1 && i2.labels["z"] == "1",
+        "{:?}",
+        i2.labels
+    );
+    code(
+        s.update("upd/a", &[], &["name"]).await,
+        &[Code::InvalidArgument],
+        "update name",
+    )?;
+    code(
+        s.update("upd/none", &[], &["labels"]).await,
+        &[Code::NotFound],
+        "update a missing key",
+    )?;
     // Labels given at commit are the committed snapshot's.
     s.commit_l("upd/c", "upd/a", &[("k", "v")]).await?;
     ensure!(s.stat("upd/c").await?.labels.get("k").map(String::as_str) == Some("v"));
@@ -694,8 +774,16 @@ async fn remove(s: &Snap) -> Result<()> {
     s.prepare("rm/a2", "rm/c1").await?;
     s.commit("rm/c2", "rm/a2").await?;
     s.prepare("rm/a3", "rm/c2").await?;
-    code(s.remove("rm/c1").await, &[Code::FailedPrecondition], "remove a grandparent")?;
-    code(s.remove("rm/c2").await, &[Code::FailedPrecondition], "remove a parent")?;
+    code(
+        s.remove("rm/c1").await,
+        &[Code::FailedPrecondition],
+        "remove a grandparent",
+    )?;
+    code(
+        s.remove("rm/c2").await,
+        &[Code::FailedPrecondition],
+        "remove a parent",
+    )?;
     s.stat("rm/c2").await?;
     for k in ["rm/a3", "rm/c2", "rm/c1"] {
         s.remove(k).await?;
@@ -739,7 +827,10 @@ async fn layers(s: &Snap, w: &Path) -> Result<()> {
     {
         let g = Mounted::new(&m, w)?;
         write(g.p("f"), "3")?;
-        ensure!(!g.p("del").exists(), "a file deleted in layer 2 is back in layer 3");
+        ensure!(
+            !g.p("del").exists(),
+            "a file deleted in layer 2 is back in layer 3"
+        );
     }
     s.commit("lay/c3", "lay/a3").await?;
     let m = s.view("lay/v", "lay/c3").await?;
@@ -747,14 +838,25 @@ async fn layers(s: &Snap, w: &Path) -> Result<()> {
         let g = Mounted::new(&m, w)?;
         ensure!(read(g.p("f"))? == "3");
         let d = names(g.p("d"))?;
-        ensure!(d == BTreeSet::from(["z".to_string()]), "the recreated directory: {d:?}");
-        ensure!(read(g.p("keep/mv2"))? == "m" && !g.p("mv").exists(), "rename from a lower layer");
+        ensure!(
+            d == BTreeSet::from(["z".to_string()]),
+            "the recreated directory: {d:?}"
+        );
+        ensure!(
+            read(g.p("keep/mv2"))? == "m" && !g.p("mv").exists(),
+            "rename from a lower layer"
+        );
         ensure!(!g.p("del").exists(), "deleted file");
         let gm = std::fs::metadata(g.p("g"))?;
         ensure!(gm.mode() & 0o7777 == 0o600, "mode {:o}", gm.mode());
         for p in ["keep", "keep/k"] {
             let md = std::fs::metadata(g.p(p))?;
-            ensure!((md.uid(), md.gid()) == (1, 1), "{p} owner {}:{}", md.uid(), md.gid());
+            ensure!(
+                (md.uid(), md.gid()) == (1, 1),
+                "{p} owner {}:{}",
+                md.uid(),
+                md.gid()
+            );
         }
     }
     for k in ["lay/v", "lay/c3", "lay/c2", "lay/c1"] {
@@ -769,7 +871,10 @@ async fn deep(s: &Snap, w: &Path) -> Result<()> {
     let mut parent = String::new();
     for i in 0..N {
         let key = format!("deep/a{i}");
-        let m = s.prepare(&key, &parent).await.with_context(|| format!("layer {i}"))?;
+        let m = s
+            .prepare(&key, &parent)
+            .await
+            .with_context(|| format!("layer {i}"))?;
         {
             let g = Mounted::new(&m, w).with_context(|| format!("mount layer {i}"))?;
             write(g.p(&format!("f{i}")), &i.to_string())?;
@@ -782,7 +887,10 @@ async fn deep(s: &Snap, w: &Path) -> Result<()> {
     {
         let g = Mounted::new(&m, w)?;
         for i in 0..N {
-            ensure!(read(g.p(&format!("f{i}")))? == i.to_string(), "file of layer {i}");
+            ensure!(
+                read(g.p(&format!("f{i}")))? == i.to_string(),
+                "file of layer {i}"
+            );
         }
     }
     s.remove("deep/v").await?;
@@ -795,8 +903,12 @@ async fn deep(s: &Snap, w: &Path) -> Result<()> {
 /// Walk with containerd's filters: `,` is and, several filters are or.
 async fn walk(s: &Snap) -> Result<()> {
     s.prepare_l("walk/a", "", &[("team", "a")]).await?;
-    s.commit_l("walk/c1", "walk/a", &[("team", "a"), ("containerd.io/gc.root", "x")])
-        .await?;
+    s.commit_l(
+        "walk/c1",
+        "walk/a",
+        &[("team", "a"), ("containerd.io/gc.root", "x")],
+    )
+    .await?;
     s.prepare_l("walk/b", "walk/c1", &[("team", "b")]).await?;
     s.view("walk/v", "walk/c1").await?;
     let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
@@ -819,7 +931,10 @@ async fn walk(s: &Snap) -> Result<()> {
     ];
     for (filters, want) in cases {
         let got = ours(s.list(filters).await?);
-        ensure!(got == set(want), "walk {filters:?}: got {got:?}, want {want:?}");
+        ensure!(
+            got == set(want),
+            "walk {filters:?}: got {got:?}, want {want:?}"
+        );
     }
     for k in ["walk/b", "walk/v", "walk/c1"] {
         s.remove(k).await?;
@@ -836,14 +951,27 @@ async fn usage(s: &Snap, w: &Path) -> Result<()> {
         write(g.p("small"), "0123456789")?;
     }
     let (size, inodes) = s.usage("use/a").await?;
-    ensure!(size >= (1 << 20) + 10 && inodes >= 2, "active usage {size} bytes {inodes} inodes");
+    ensure!(
+        size >= (1 << 20) + 10 && inodes >= 2,
+        "active usage {size} bytes {inodes} inodes"
+    );
     s.commit("use/c", "use/a").await?;
     let (csize, cinodes) = s.usage("use/c").await?;
-    ensure!((csize, cinodes) == (size, inodes), "committed usage {csize} {cinodes}");
+    ensure!(
+        (csize, cinodes) == (size, inodes),
+        "committed usage {csize} {cinodes}"
+    );
     s.prepare("use/b", "use/c").await?;
     let (bsize, binodes) = s.usage("use/b").await?;
-    ensure!(bsize == 0 && binodes == 0, "a fresh child's usage {bsize} {binodes}");
-    code(s.usage("use/none").await, &[Code::NotFound], "usage of a missing key")?;
+    ensure!(
+        bsize == 0 && binodes == 0,
+        "a fresh child's usage {bsize} {binodes}"
+    );
+    code(
+        s.usage("use/none").await,
+        &[Code::NotFound],
+        "usage of a missing key",
+    )?;
     s.remove("use/b").await?;
     s.remove("use/c").await?;
     Ok(())
@@ -868,13 +996,21 @@ async fn restart(server: &mut Server, w: &Path) -> Result<()> {
     tokio::time::sleep(Duration::from_millis(30)).await;
     let st = tokio::task::block_in_place(|| server.stop());
     let r = inflight.await?;
-    ensure!(st.is_some_and(|s| s.success()), "exit on SIGTERM: {st:?}: {}", server.log_text());
+    ensure!(
+        st.is_some_and(|s| s.success()),
+        "exit on SIGTERM: {st:?}: {}",
+        server.log_text()
+    );
     ensure!(r.is_ok(), "the request in flight at SIGTERM failed: {r:?}");
-    let again = tokio::task::block_in_place(|| Server::start(&server.root, &server.driver, &server.sock))?;
+    let again =
+        tokio::task::block_in_place(|| Server::start(&server.root, &server.driver, &server.sock))?;
     *server = again;
     let s = Snap::connect(&server.sock).await?;
     let c = s.stat("rs/c").await?;
-    ensure!(c.kind == COMMITTED && c.labels.get("k").map(String::as_str) == Some("v"), "{c:?}");
+    ensure!(
+        c.kind == COMMITTED && c.labels.get("k").map(String::as_str) == Some("v"),
+        "{c:?}"
+    );
     let b = s.stat("rs/b").await?;
     ensure!(b.kind == ACTIVE && b.parent == "rs/c", "{b:?}");
     {
@@ -885,7 +1021,11 @@ async fn restart(server: &mut Server, w: &Path) -> Result<()> {
     s.cleanup().await?;
     s.remove("rs/b").await?;
     s.remove("rs/c").await?;
-    ensure!(s.list(&[]).await?.is_empty(), "snapshots left: {:?}", s.list(&[]).await?);
+    ensure!(
+        s.list(&[]).await?.is_empty(),
+        "snapshots left: {:?}",
+        s.list(&[]).await?
+    );
     Ok(())
 }
 
@@ -919,7 +1059,9 @@ fn suite(driver: &str) {
         walk(&s).await.context("walk")?;
         usage(&s, &work).await.context("usage")?;
         deep(&s, &work).await.context("128 layers")?;
-        restart(&mut server, &work).await.context("SIGTERM and restart")?;
+        restart(&mut server, &work)
+            .await
+            .context("SIGTERM and restart")?;
         Ok(())
     });
     if let Err(e) = r {
@@ -964,13 +1106,24 @@ fn sha256(b: &[u8]) -> String {
 /// A tar (with `tar(1)`) of the entries under `dir`, sorted, numeric owners.
 fn tar_of(dir: &Path, out: &Path) -> Result<Vec<u8>> {
     let o = Command::new("tar")
-        .args(["--format=pax", "--numeric-owner", "--owner=0", "--group=0", "--sort=name", "-C"])
+        .args([
+            "--format=pax",
+            "--numeric-owner",
+            "--owner=0",
+            "--group=0",
+            "--sort=name",
+            "-C",
+        ])
         .arg(dir)
         .arg("-cf")
         .arg(out)
         .arg(".")
         .output()?;
-    ensure!(o.status.success(), "tar: {}", String::from_utf8_lossy(&o.stderr));
+    ensure!(
+        o.status.success(),
+        "tar: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     Ok(std::fs::read(out)?)
 }
 
@@ -1039,7 +1192,10 @@ fn build_image(work: &Path, out: &Path) -> Result<()> {
         }],
     });
     std::fs::write(layout.join("index.json"), serde_json::to_vec(&index)?)?;
-    std::fs::write(layout.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )?;
     let o = Command::new("tar")
         .args(["--format=pax", "-C"])
         .arg(&layout)
@@ -1047,7 +1203,11 @@ fn build_image(work: &Path, out: &Path) -> Result<()> {
         .arg(out)
         .args(["oci-layout", "index.json", "blobs"])
         .output()?;
-    ensure!(o.status.success(), "tar: {}", String::from_utf8_lossy(&o.stderr));
+    ensure!(
+        o.status.success(),
+        "tar: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     Ok(())
 }
 
@@ -1176,13 +1336,25 @@ fn run_on(ctrd: &Containerd, server: &Server, image: &Path) -> Result<()> {
     let snapshotter = format!("strata-{d}");
     let ns = format!("strata-{d}");
     let image_s = image.to_string_lossy();
-    ctrd.ctr(&ns, &["images", "import", "--snapshotter", &snapshotter, &image_s])
-        .context("import")?;
+    ctrd.ctr(
+        &ns,
+        &["images", "import", "--snapshotter", &snapshotter, &image_s],
+    )
+    .context("import")?;
     let id = format!("ctr-{d}");
     let out = ctrd
         .ctr(
             &ns,
-            &["run", "--snapshotter", &snapshotter, IMAGE, &id, "/bin/sh", "-c", SCRIPT],
+            &[
+                "run",
+                "--snapshotter",
+                &snapshotter,
+                IMAGE,
+                &id,
+                "/bin/sh",
+                "-c",
+                SCRIPT,
+            ],
         )
         .context("run")?;
     ensure!(out.contains("container-ok"), "container output: {out}");
@@ -1200,9 +1372,18 @@ fn run_on(ctrd: &Containerd, server: &Server, image: &Path) -> Result<()> {
     let layer_id = layer["id"].as_str().context("id")?;
     let changes = server.strata(&["changes", layer_id])?;
     let lines: BTreeSet<&str> = changes.lines().collect();
-    ensure!(lines.contains("A /data/written"), "changes of the container: {changes}");
-    ensure!(lines.contains("C /data"), "changes of the container: {changes}");
-    ensure!(!changes.lines().any(|l| l.starts_with("D ")), "deletions: {changes}");
+    ensure!(
+        lines.contains("A /data/written"),
+        "changes of the container: {changes}"
+    );
+    ensure!(
+        lines.contains("C /data"),
+        "changes of the container: {changes}"
+    );
+    ensure!(
+        !changes.lines().any(|l| l.starts_with("D ")),
+        "deletions: {changes}"
+    );
     ensure!(!lines.contains("A /data/a"), "changes: {changes}");
     ctrd.ctr(&ns, &["containers", "rm", &id]).context("rm")?;
     let _ = ctrd.ctr(&ns, &["images", "rm", "--sync", IMAGE]);
@@ -1257,8 +1438,8 @@ fn containerd_runs_containers() {
         servers.push(Server::start(&root, d, &sock).expect("strata serve starts"));
         plugins.push((format!("strata-{d}"), sock));
     }
-    let ctrd = Containerd::start(&scratch.path().join("containerd"), &plugins)
-        .expect("containerd starts");
+    let ctrd =
+        Containerd::start(&scratch.path().join("containerd"), &plugins).expect("containerd starts");
     let mut failures = Vec::new();
     for server in &servers {
         let t = Instant::now();

@@ -98,7 +98,10 @@ impl From<DError> for Error {
 }
 
 impl Error {
-    pub(crate) fn db(path: &std::path::Path, op: &'static str) -> impl FnOnce(rusqlite::Error) -> Error {
+    pub(crate) fn db(
+        path: &std::path::Path,
+        op: &'static str,
+    ) -> impl FnOnce(rusqlite::Error) -> Error {
         let path = path.to_path_buf();
         move |source| Error::Db { path, op, source }
     }

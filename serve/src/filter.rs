@@ -215,7 +215,8 @@ fn parse_one(f: &str) -> Result<Vec<Selector>, String> {
                     0 => Op::Eq(v),
                     1 => Op::Ne(v),
                     _ => Op::Matches(
-                        regex::Regex::new(&v).map_err(|e| format!("regular expression {v:?}: {e}"))?,
+                        regex::Regex::new(&v)
+                            .map_err(|e| format!("regular expression {v:?}: {e}"))?,
                     ),
                 }
             }
@@ -258,8 +259,14 @@ mod tests {
         assert!(m(&["kind==committed"], &c));
         assert!(!m(&["kind==active"], &c));
         assert!(m(&["kind==active", "kind==committed"], &c));
-        assert!(m(&[r#"labels."containerd.io/gc.root"==yes,kind==committed"#], &c));
-        assert!(!m(&[r#"labels."containerd.io/gc.root"==yes,kind==view"#], &c));
+        assert!(m(
+            &[r#"labels."containerd.io/gc.root"==yes,kind==committed"#],
+            &c
+        ));
+        assert!(!m(
+            &[r#"labels."containerd.io/gc.root"==yes,kind==view"#],
+            &c
+        ));
         assert!(m(&["labels.x"], &c));
         assert!(!m(&["labels.y"], &c));
         assert!(m(&["labels.x!=2"], &c));
@@ -273,7 +280,10 @@ mod tests {
     fn malformed() {
         for bad in ["==x", "labels.\"unterminated", "name==x y", "name~=\"(\""] {
             let r = Filters::parse(&[bad.to_string()]);
-            assert!(matches!(r, Err(Error::InvalidArgument { .. })), "{bad}: {r:?}");
+            assert!(
+                matches!(r, Err(Error::InvalidArgument { .. })),
+                "{bad}: {r:?}"
+            );
         }
     }
 }

@@ -84,7 +84,10 @@ impl containerd_snapshots::Snapshotter for Service {
         parent: String,
         labels: HashMap<String, String>,
     ) -> Result<Vec<api::types::Mount>, Error> {
-        let r = self.0.prepare(&key, &parent, labels.into_iter().collect()).await;
+        let r = self
+            .0
+            .prepare(&key, &parent, labels.into_iter().collect())
+            .await;
         logged("prepare", &key, r).map(mounts)
     }
 
@@ -94,7 +97,10 @@ impl containerd_snapshots::Snapshotter for Service {
         parent: String,
         labels: HashMap<String, String>,
     ) -> Result<Vec<api::types::Mount>, Error> {
-        let r = self.0.view(&key, &parent, labels.into_iter().collect()).await;
+        let r = self
+            .0
+            .view(&key, &parent, labels.into_iter().collect())
+            .await;
         logged("view", &key, r).map(mounts)
     }
 
@@ -104,7 +110,10 @@ impl containerd_snapshots::Snapshotter for Service {
         key: String,
         labels: HashMap<String, String>,
     ) -> Result<(), Error> {
-        let r = self.0.commit(&name, &key, labels.into_iter().collect()).await;
+        let r = self
+            .0
+            .commit(&name, &key, labels.into_iter().collect())
+            .await;
         logged("commit", &key, r)
     }
 
@@ -118,7 +127,11 @@ impl containerd_snapshots::Snapshotter for Service {
 
     type InfoStream = tokio_stream::Iter<std::vec::IntoIter<Result<Info, Error>>>;
 
-    async fn list(&self, _snapshotter: String, filters: Vec<String>) -> Result<Self::InfoStream, Error> {
+    async fn list(
+        &self,
+        _snapshotter: String,
+        filters: Vec<String>,
+    ) -> Result<Self::InfoStream, Error> {
         let all = logged("walk", "", self.0.walk(&filters))?;
         let items: Vec<Result<Info, Error>> = all.into_iter().map(|s| Ok(info(s))).collect();
         Ok(tokio_stream::iter(items))

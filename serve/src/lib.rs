@@ -79,14 +79,18 @@ pub async fn serve_snapshots(
                     ),
                 ))
             }
-            Err(_) => std::fs::remove_file(address).map_err(|e| sock_err("remove a stale socket", e))?,
+            Err(_) => {
+                std::fs::remove_file(address).map_err(|e| sock_err("remove a stale socket", e))?
+            }
         }
     }
     let listener = tokio::net::UnixListener::bind(address).map_err(|e| sock_err("bind", e))?;
     tracing::info!(address = %address.display(), driver = snapshots.store().driver().name(), "serving snapshots");
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     let r = tonic::transport::Server::builder()
-        .add_service(containerd_snapshots::server(Arc::new(grpc::Service(snapshots))))
+        .add_service(containerd_snapshots::server(Arc::new(grpc::Service(
+            snapshots,
+        ))))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     let _ = std::fs::remove_file(address);

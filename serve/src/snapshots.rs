@@ -24,7 +24,7 @@
 
 use crate::error::{Error, Result};
 use crate::filter::{Filters, SnapshotFields};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -206,9 +206,14 @@ impl Snapshots {
             .get(3)
             .map_err(Error::db(&self.db_path, "read snapshot"))?;
         let labels_s = get(4).map_err(Error::db(&self.db_path, "read snapshot"))?;
-        let labels = serde_json::from_str(&labels_s).map_err(|e| corrupt(format!("labels: {e}")))?;
-        let created: i64 = r.get(5).map_err(Error::db(&self.db_path, "read snapshot"))?;
-        let updated: i64 = r.get(6).map_err(Error::db(&self.db_path, "read snapshot"))?;
+        let labels =
+            serde_json::from_str(&labels_s).map_err(|e| corrupt(format!("labels: {e}")))?;
+        let created: i64 = r
+            .get(5)
+            .map_err(Error::db(&self.db_path, "read snapshot"))?;
+        let updated: i64 = r
+            .get(6)
+            .map_err(Error::db(&self.db_path, "read snapshot"))?;
         Ok(Snapshot {
             key: key.clone(),
             layer,
@@ -332,7 +337,10 @@ impl Snapshots {
             if p.kind != Kind::Committed {
                 return Err(Error::InvalidArgument {
                     what: format!("parent {parent:?}"),
-                    why: format!("is a {} snapshot; only committed snapshots can be parents", p.kind.as_str()),
+                    why: format!(
+                        "is a {} snapshot; only committed snapshots can be parents",
+                        p.kind.as_str()
+                    ),
                 });
             }
             Some(p)
@@ -371,7 +379,11 @@ impl Snapshots {
         match self.mounts_of(&snap).await {
             Ok(m) => Ok(m),
             Err(e) => {
-                let _ = self.exec("delete snapshot", "DELETE FROM snapshots WHERE key = ?1", [key]);
+                let _ = self.exec(
+                    "delete snapshot",
+                    "DELETE FROM snapshots WHERE key = ?1",
+                    [key],
+                );
                 self.drop_layer(&layer).await;
                 Err(e)
             }
@@ -459,7 +471,10 @@ impl Snapshots {
         if snap.kind != Kind::Active {
             return Err(Error::FailedPrecondition {
                 key: key.into(),
-                why: format!("is a {} snapshot; only active ones can be committed", snap.kind.as_str()),
+                why: format!(
+                    "is a {} snapshot; only active ones can be committed",
+                    snap.kind.as_str()
+                ),
             });
         }
         if self.get(name)?.is_some() {
@@ -517,7 +532,11 @@ impl Snapshots {
             Err(strata_store::Error::Layer(strata_driver_api::Error::NotFound { .. })) => {}
             Err(e) => return Err(e.into()),
         }
-        self.exec("delete snapshot", "DELETE FROM snapshots WHERE key = ?1", [key])?;
+        self.exec(
+            "delete snapshot",
+            "DELETE FROM snapshots WHERE key = ?1",
+            [key],
+        )?;
         Ok(())
     }
 
@@ -628,7 +647,8 @@ impl Snapshots {
         // Children before parents: remove those no other layer sits on.
         while !orphans.is_empty() {
             let all = self.store.list()?;
-            let parents: BTreeSet<&LayerId> = all.iter().filter_map(|l| l.parent.as_ref()).collect();
+            let parents: BTreeSet<&LayerId> =
+                all.iter().filter_map(|l| l.parent.as_ref()).collect();
             let (leaves, rest): (Vec<_>, Vec<_>) =
                 orphans.into_iter().partition(|l| !parents.contains(&l.id));
             if leaves.is_empty() {
@@ -655,7 +675,11 @@ impl Snapshots {
         for s in self.all()? {
             if !layers.contains(&s.layer) {
                 tracing::warn!(key = %s.key, layer = %s.layer, "a snapshot's layer is gone (an interrupted remove); forgetting the snapshot");
-                self.exec("delete snapshot", "DELETE FROM snapshots WHERE key = ?1", [&s.key])?;
+                self.exec(
+                    "delete snapshot",
+                    "DELETE FROM snapshots WHERE key = ?1",
+                    [&s.key],
+                )?;
             }
         }
         self.collect_orphans().await?;

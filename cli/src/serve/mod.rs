@@ -11,14 +11,21 @@ use strata_store::Store;
 pub struct Args {
     /// The unix socket to listen on (containerd's `[proxy_plugins.NAME]
     /// address`).
-    #[arg(long, value_name = "SOCKET", default_value = "/run/strata/snapshotter.sock")]
+    #[arg(
+        long,
+        value_name = "SOCKET",
+        default_value = "/run/strata/snapshotter.sock"
+    )]
     pub address: PathBuf,
 }
 
 /// Resolves on the first SIGTERM or SIGINT.
 async fn stop_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}
