@@ -91,6 +91,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     for line in store.recovered() {
         tracing::info!("{line}");
     }
+    if let Cmd::Serve(args) = &cli.cmd {
+        crate::serve::run(store, args).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let json = cli.json;
     match cli.cmd {
         Cmd::Info => info(&store, &cfg, json).await?,
@@ -255,7 +259,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
         }
-        Cmd::Check { .. } | Cmd::Compare(_) | Cmd::Migrate(_) => unreachable!("handled above"),
+        Cmd::Check { .. } | Cmd::Compare(_) | Cmd::Migrate(_) | Cmd::Serve(_) => {
+            unreachable!("handled above")
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -8,6 +8,7 @@ mod commands;
 mod compare;
 mod migrate;
 mod progress;
+mod serve;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -140,6 +141,9 @@ pub enum Cmd {
     /// Move every layer to another driver (or root), verified and
     /// resumable; or import a Docker AUFS store.
     Migrate(migrate::Args),
+    /// Serve the store as a containerd snapshotter (a `snapshot` proxy
+    /// plugin) on a unix socket, until SIGTERM.
+    Serve(serve::Args),
     /// Check the store's consistency.
     Fsck {
         /// Mend what can be mended.
