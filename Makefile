@@ -23,6 +23,7 @@ lint: deps
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p strata-conformance --features vm-tests --all-targets -- -D warnings
+	$(CARGO) clippy -p strata --features vm-tests --all-targets -- -D warnings
 
 # The whole test suite (root needed for mounts; CI runs it as root).
 # Device-mapper is not in the build hosts' kernels: its suite runs under

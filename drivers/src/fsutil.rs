@@ -200,6 +200,38 @@ pub fn opaque_as_whiteouts(
     Ok(out)
 }
 
+/// A `busy.lock` file shared by the processes working on one driver root:
+/// work that leaves scratch state behind while it runs (a create's staging
+/// dir, a remove's trash, a probe's or a view's mount) holds it shared, and
+/// the sweep that deletes scratch state left by crashed processes runs only
+/// when it gets it exclusively, so one process's open never sweeps away
+/// another's work in progress. A crashed process's lock dies with it.
+///
+/// `exclusive`: try without waiting (`Ok(None)` when some work holds it);
+/// shared: wait for a running sweep to finish.
+///
+/// # Errors
+/// Opening or locking the file.
+pub fn busy_lock(path: &Path, exclusive: bool) -> Result<Option<nix::fcntl::Flock<File>>> {
+    use nix::fcntl::{Flock, FlockArg};
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .ctx("open", path)?;
+    let arg = if exclusive {
+        FlockArg::LockExclusiveNonblock
+    } else {
+        FlockArg::LockShared
+    };
+    match Flock::lock(f, arg) {
+        Ok(l) => Ok(Some(l)),
+        Err((_, Errno::EWOULDBLOCK)) if exclusive => Ok(None),
+        Err((_, e)) => Err(Error::nix("flock", path, e)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,37 +278,5 @@ mod tests {
         std::fs::write(&f, b"x").unwrap();
         remove_tree(&f).unwrap();
         assert!(!f.exists());
-    }
-}
-
-/// A `busy.lock` file shared by the processes working on one driver root:
-/// work that leaves scratch state behind while it runs (a create's staging
-/// dir, a remove's trash, a probe's or a view's mount) holds it shared, and
-/// the sweep that deletes scratch state left by crashed processes runs only
-/// when it gets it exclusively, so one process's open never sweeps away
-/// another's work in progress. A crashed process's lock dies with it.
-///
-/// `exclusive`: try without waiting (`Ok(None)` when some work holds it);
-/// shared: wait for a running sweep to finish.
-///
-/// # Errors
-/// Opening or locking the file.
-pub fn busy_lock(path: &Path, exclusive: bool) -> Result<Option<nix::fcntl::Flock<File>>> {
-    use nix::fcntl::{Flock, FlockArg};
-    let f = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .ctx("open", path)?;
-    let arg = if exclusive {
-        FlockArg::LockExclusiveNonblock
-    } else {
-        FlockArg::LockShared
-    };
-    match Flock::lock(f, arg) {
-        Ok(l) => Ok(Some(l)),
-        Err((_, Errno::EWOULDBLOCK)) if exclusive => Ok(None),
-        Err((_, e)) => Err(Error::nix("flock", path, e)),
     }
 }

@@ -101,12 +101,16 @@ fn is_opaque(fd: BorrowedFd<'_>, path: &Path) -> Result<bool> {
     }
 }
 
+/// What the walk calls for each entry: its path, kind and (for regular
+/// files and devices) its stat.
+type Visit<'a> = dyn FnMut(&Path, Kind, Option<&Stat>) -> Result<()> + 'a;
+
 /// Walks the upper dir `root` in sorted order, each directory before its
 /// contents, calling `f` with each entry's relative path, its kind and,
 /// for regular files, their stat. Entries are reached from their parent's
 /// open descriptor; `d_type` spares a stat of directories, symlinks and
 /// other types.
-fn walk(root: &Path, f: &mut dyn FnMut(&Path, Kind, Option<&Stat>) -> Result<()>) -> Result<()> {
+fn walk(root: &Path, f: &mut Visit<'_>) -> Result<()> {
     let fd = rustix::fs::open(
         root,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -116,13 +120,7 @@ fn walk(root: &Path, f: &mut dyn FnMut(&Path, Kind, Option<&Stat>) -> Result<()>
     walk_dir(root, Path::new(""), fd, 0, f)
 }
 
-fn walk_dir(
-    root: &Path,
-    rel: &Path,
-    fd: OwnedFd,
-    depth: usize,
-    f: &mut dyn FnMut(&Path, Kind, Option<&Stat>) -> Result<()>,
-) -> Result<()> {
+fn walk_dir(root: &Path, rel: &Path, fd: OwnedFd, depth: usize, f: &mut Visit<'_>) -> Result<()> {
     let here = root.join(rel);
     let (dir, names) = list(fd, &here)?;
     // Deep levels give their descriptor back at once.
