@@ -6,6 +6,7 @@
 mod check;
 mod commands;
 mod compare;
+mod malloc;
 mod migrate;
 mod progress;
 mod serve;
@@ -180,6 +181,7 @@ fn one_line(e: &anyhow::Error) -> String {
 }
 
 fn main() -> ExitCode {
+    malloc::cap_arenas();
     // Hidden: `strata aufs-fuse-server ...` runs an aufs FUSE server in the
     // foreground (the aufs driver execs it; not for users).
     #[cfg(feature = "aufs")]
