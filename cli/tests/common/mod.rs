@@ -114,8 +114,9 @@ impl Root {
         let o = self.run(args);
         assert!(
             o.status.success(),
-            "strata {args:?} failed: {}\nstderr: {}",
+            "strata {args:?} failed: {}\nstdout: {}\nstderr: {}",
             o.status,
+            String::from_utf8_lossy(&o.stdout),
             String::from_utf8_lossy(&o.stderr)
         );
         String::from_utf8(o.stdout).unwrap()
