@@ -8,7 +8,7 @@
 //! them it prints why and skips (a failure when `CI=true`).
 
 mod common;
-use common::{need_root, STRATA};
+use common::{alive, kill_aufs_servers, need_root, STRATA};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -79,34 +79,9 @@ fn mounted(p: &Path) -> bool {
     info.lines().any(|l| l.split(' ').nth(4) == Some(p))
 }
 
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            !s.rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim_start()
-                .starts_with('Z')
-        })
-        .unwrap_or(false)
-}
-
 impl Drop for Store {
     fn drop(&mut self) {
-        let run = self.root.join("aufs/run");
-        if let Ok(rd) = std::fs::read_dir(&run) {
-            for e in rd.flatten() {
-                if let Some(pid) = std::fs::read_to_string(e.path())
-                    .ok()
-                    .and_then(|s| s.trim().parse::<i32>().ok())
-                {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-            }
-        }
+        kill_aufs_servers(&self.root);
         let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let mut points: Vec<String> = info
             .lines()

@@ -268,19 +268,6 @@ impl Drop for Rig {
     }
 }
 
-/// Whether process `pid` runs (and is not a zombie).
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            !s.rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim_start()
-                .starts_with('Z')
-        })
-        .unwrap_or(false)
-}
-
 /// Writes `files` files of `size` bytes (distinct contents, `seed` picks
 /// them) under `top/` of a fresh directory and tars them (`top` first).
 fn tree_tar(r: &Root, name: &str, top: &str, files: usize, size: usize, seed: u64) -> PathBuf {

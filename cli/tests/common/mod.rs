@@ -189,22 +189,41 @@ fn unescape(s: &str) -> PathBuf {
     PathBuf::from(std::ffi::OsString::from_vec(out))
 }
 
+/// Whether process `pid` runs (and is not a zombie).
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(false)
+}
+
+/// SIGKILLs the aufs FUSE servers of the store at `root` (their pid files
+/// in `aufs/run/`): what a test's teardown does before unmounting.
+pub fn kill_aufs_servers(root: &Path) {
+    if let Ok(rd) = std::fs::read_dir(root.join("aufs/run")) {
+        for e in rd.flatten() {
+            if let Some(pid) = std::fs::read_to_string(e.path())
+                .ok()
+                .and_then(|s| s.trim().parse::<i32>().ok())
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
 impl Drop for Root {
     fn drop(&mut self) {
         // aufs FUSE servers first (their pid files), then every mount.
-        if let Ok(rd) = std::fs::read_dir(self.root.join("aufs/run")) {
-            for e in rd.flatten() {
-                if let Some(pid) = std::fs::read_to_string(e.path())
-                    .ok()
-                    .and_then(|s| s.trim().parse::<i32>().ok())
-                {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-            }
-        }
+        kill_aufs_servers(&self.root);
         let mut points = mounts_under(&self.root);
         if !self.root.starts_with(self.dir.path()) {
             points.extend(mounts_under(self.dir.path()));
