@@ -410,3 +410,32 @@ fn copy_up_waits_for_readers_of_the_lower_file() {
     assert_eq!(fs::read(m.m("f")).unwrap(), b"lower+upper");
     assert_eq!(fs::read(m.up("f")).unwrap(), b"lower+upper");
 }
+
+/// `remove` scans every layer for children; a layer that another process
+/// removes during the scan (listed by readdir, gone when its layers file is
+/// read) is no child, and its NotFound must not become the removal's
+/// result: the store takes a NotFound from `remove` for "already gone"
+/// and would drop the record of a layer whose data stays (found by the
+/// reliability suite's concurrent_aufs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_while_another_layer_vanishes() {
+    use strata_driver_api::{CreateOpts, Driver, Error, LayerId};
+    use strata_drivers::aufs::{Aufs, AufsMode, AufsOptions};
+    if !ready() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = AufsOptions {
+        mode: AufsMode::Fuse,
+        ..Default::default()
+    };
+    let d = Aufs::open(tmp.path(), opts).await.unwrap();
+    let a = LayerId::new("a").unwrap();
+    d.create(&a, None, &CreateOpts::rw()).await.unwrap();
+    // Listed, but its layers file is gone by the time it is read.
+    std::os::unix::fs::symlink("gone", tmp.path().join("aufs/layers/vanished")).unwrap();
+    d.remove(&a).await.unwrap();
+    assert!(!d.exists(&a).await.unwrap());
+    let e = d.remove(&a).await.unwrap_err();
+    assert!(matches!(&e, Error::NotFound { id } if id == "a"), "{e}");
+}

@@ -329,7 +329,8 @@ async fn remove_from(driver: &Arc<dyn Driver>, id: &LayerId) -> Result<()> {
         driver.unmount(id).await?;
     }
     match driver.remove(id).await {
-        Ok(()) | Err(DError::NotFound { .. }) => Ok(()),
+        Ok(()) => Ok(()),
+        Err(e) if crate::store::names_missing(&e, id) => Ok(()),
         Err(e) => Err(e.into()),
     }
 }

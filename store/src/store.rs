@@ -322,7 +322,8 @@ impl Store {
             self.driver.unmount(id).await?;
         }
         match self.driver.remove(id).await {
-            Ok(()) | Err(DError::NotFound { .. }) => Ok(()),
+            Ok(()) => Ok(()),
+            Err(e) if names_missing(&e, id) => Ok(()),
             Err(e) => Err(e.into()),
         }
     }
@@ -685,7 +686,8 @@ impl Store {
         drop(lock);
         crash::point("rm:after-mark");
         match self.driver.remove(id).await {
-            Ok(()) | Err(DError::NotFound { .. }) => {}
+            Ok(()) => {}
+            Err(e) if names_missing(&e, id) => {}
             Err(e) => {
                 // Still there: back to ready. Gone: the next open finishes.
                 let back = if self.driver.exists(id).await.unwrap_or(true) {
@@ -821,4 +823,13 @@ fn check_ready(l: &Layer) -> Result<()> {
             ),
         }),
     }
+}
+
+/// Whether `e` says that layer `id` itself does not exist (so removing it
+/// is already done). A `NotFound` about another layer (a parent, or a
+/// layer a concurrent process removed while the driver looked at it) is a
+/// failure like any other: taking it for success would drop the record of
+/// a layer whose data stays.
+pub(crate) fn names_missing(e: &DError, id: &LayerId) -> bool {
+    matches!(e, DError::NotFound { id: missing } if missing == id.as_str())
 }

@@ -23,6 +23,9 @@ struct DirDriver {
     mounts: AtomicUsize,
     unmounts: AtomicUsize,
     fail_create: AtomicBool,
+    /// `remove` fails with a NotFound about another layer (as a driver
+    /// does when a concurrent process removed a layer it was reading).
+    remove_names_other: AtomicBool,
 }
 
 impl DirDriver {
@@ -35,6 +38,7 @@ impl DirDriver {
             mounts: AtomicUsize::new(0),
             unmounts: AtomicUsize::new(0),
             fail_create: AtomicBool::new(false),
+            remove_names_other: AtomicBool::new(false),
         })
     }
     fn tree(&self, id: &LayerId) -> PathBuf {
@@ -114,6 +118,9 @@ impl Driver for DirDriver {
     async fn remove(&self, id: &LayerId) -> DResult<()> {
         if !self.tree(id).exists() {
             return Err(nf(id));
+        }
+        if self.remove_names_other.load(Ordering::SeqCst) {
+            return Err(nf(&LayerId::new("vanished").unwrap()));
         }
         if self.mounted(id) {
             return Err(DError::Busy {
@@ -438,6 +445,25 @@ async fn rm_refusals_and_force() {
     assert!(d.list().await.unwrap().is_empty());
     let e = s.remove(&id("a"), false).await.unwrap_err();
     assert!(matches!(e, Error::Layer(DError::NotFound { .. })), "{e}");
+}
+
+/// A NotFound from the driver's remove means "already gone" only when it
+/// names the layer being removed: one about another layer is an error, and
+/// the record (whose data the driver still has) stays ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rm_keeps_record_on_not_found_of_another_layer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, d) = open(dir.path()).await;
+    s.create(&id("a"), None, &CreateOpts::ro()).await.unwrap();
+    d.remove_names_other.store(true, Ordering::SeqCst);
+    let e = s.remove(&id("a"), false).await.unwrap_err();
+    assert!(e.to_string().contains("vanished"), "{e}");
+    assert_eq!(s.get(&id("a")).unwrap().state, State::Ready);
+    assert!(d.exists(&id("a")).await.unwrap());
+    d.remove_names_other.store(false, Ordering::SeqCst);
+    s.remove(&id("a"), false).await.unwrap();
+    assert!(s.list().unwrap().is_empty());
+    assert!(d.list().await.unwrap().is_empty());
 }
 
 fn raw_insert(dir: &Path, id: &str, state: &str, owner: &str) {

@@ -340,8 +340,12 @@ impl Inner {
     fn children(&self, id: &LayerId) -> Result<Vec<LayerId>> {
         let mut out = Vec::new();
         for l in self.list()? {
-            if self.ancestors(&l)?.first() == Some(id) {
-                out.push(l);
+            // A layer another process removes between the listing and the
+            // read is no child; its NotFound must not become this call's.
+            match self.ancestors(&l) {
+                Ok(a) if a.first() == Some(id) => out.push(l),
+                Ok(_) | Err(Error::NotFound { .. }) => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(out)
