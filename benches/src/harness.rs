@@ -149,6 +149,7 @@ pub fn print_ratio(bench: &str, figs: &[Figure], figure: &str, target: &str) {
     };
     let name = figs
         .iter()
+        .filter(|f| f.figure == figure)
         .find_map(|f| f.reference.as_ref().map(|r| r.name.clone()))
         .unwrap_or_default();
     let n = figs.iter().filter(|f| f.figure == figure).count();
