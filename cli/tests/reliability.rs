@@ -76,10 +76,11 @@ fn in_vm(test: &str) -> bool {
     if std::env::var("STRATA_IN_VM").is_ok_and(|v| v == "1") {
         return true;
     }
-    say(&format!(
-        "{test}: not run here: needs device-mapper; runs in the VM \
-         (conformance/vm/run --features vm-tests --cargo-test strata reliability devmapper)"
-    ));
+    skip(
+        test,
+        "needs device-mapper, which runs in the VM \
+         (conformance/vm/run-suites reliability)",
+    );
     false
 }
 
@@ -1035,9 +1036,6 @@ fn concurrent_btrfs() {
 }
 
 #[test]
-#[ignore = "intermittent bug found by it, not fixed yet: after 16 x 200 commands on aufs, \
-            fsck --verify finds a layer the driver has and the store has no record of \
-            (no-record w10-127; 2 of 3 runs since the FUSE passthrough merge); run with --ignored"]
 fn concurrent_aufs() {
     concurrent_suite(
         "concurrent_aufs",
