@@ -10,6 +10,7 @@ use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use strata_driver_api::{Change, CreateOpts, Driver, LayerId, MountOpts};
 
 /// The context of one scenario run.
@@ -255,10 +256,36 @@ impl Ctx {
         fresh: &str,
         strict: bool,
     ) -> Result<(Manifest, Manifest)> {
+        let (a, b, _) = self.roundtrip_timed(id, parent, fresh, strict).await?;
+        Ok((a, b))
+    }
+
+    /// [`Ctx::roundtrip`], also returning the time of each step (`diff
+    /// 1.2 s, diff_size 0.3 s, ...`) for a scenario's note.
+    ///
+    /// # Errors
+    /// As [`Ctx::roundtrip`].
+    pub async fn roundtrip_timed(
+        &self,
+        id: &str,
+        parent: Option<&str>,
+        fresh: &str,
+        strict: bool,
+    ) -> Result<(Manifest, Manifest, String)> {
+        let mut steps = Vec::new();
+        let mut t = Instant::now();
+        let mut lap = |what: &str| {
+            steps.push(format!("{what} {:.1} s", t.elapsed().as_secs_f64()));
+            t = Instant::now();
+        };
         let tar = self.diff_to_file(id, parent).await?;
+        lap("diff");
         let want_size = self.diff_size(id, parent).await?;
+        lap("diff_size");
         self.create(fresh, parent).await?;
+        lap("create");
         let got_size = self.apply_file(fresh, parent, &tar).await?;
+        lap("apply");
         if got_size != want_size {
             bail!(
                 "apply_diff into {fresh} returned {got_size} bytes, diff_size({id}) is {want_size}"
@@ -266,11 +293,12 @@ impl Ctx {
         }
         let a = self.manifest(id).await?;
         let b = self.manifest(fresh).await?;
+        lap("manifests");
         if strict {
             tree::assert_equal_as(&a, &b, &format!("layer {id}"), &format!("applied {fresh}"))?;
         }
         let _ = fs::remove_file(&tar);
-        Ok((a, b))
+        Ok((a, b, steps.join(", ")))
     }
 }
 

@@ -517,9 +517,11 @@ async fn many_files(cx: &Ctx, dirs: usize, files: usize) -> Result<()> {
     cx.build("many", Some("base"), v).await?;
     let built = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    cx.roundtrip("many", Some("base"), "applied", true).await?;
+    let (_, _, steps) = cx
+        .roundtrip_timed("many", Some("base"), "applied", true)
+        .await?;
     cx.note(format!(
-        "{} files: written in {built:.1} s; diff, apply and compare in {:.1} s",
+        "{} files: written in {built:.1} s; diff, apply and compare in {:.1} s ({steps})",
         dirs * files,
         t.elapsed().as_secs_f64()
     ));
