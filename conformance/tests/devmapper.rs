@@ -94,11 +94,12 @@ fn run(test: &str, fs: &'static str) {
     report.assert_ok();
 }
 
-/// Expands `$m!(names...)` with every scenario's test name but the two
-/// many-files ones (below). The VM run (conformance/vm/run-suites) scales
-/// `deep_chain_max` for the emulated CPU with `STRATA_DEEP_CAP=100` (a
+/// Expands `$m!(names...)` with every scenario's test name. The VM run
+/// (conformance/vm/run-suites) scales two scenarios for the emulated CPU,
+/// and their rows say so: `deep_chain_max` with `STRATA_DEEP_CAP=100` (a
 /// 100-layer chain instead of 500: thin snapshots are flat, and each
-/// layer's mount costs seconds under emulation); its row says so.
+/// layer's mount costs seconds under emulation) and the many-files ones
+/// with `STRATA_MANY_FILES=10000` (3 and 6 minutes there).
 macro_rules! each_scenario {
     ($m:ident) => {
         $m!(
@@ -132,7 +133,9 @@ macro_rules! each_scenario {
             wh_lookalikes,
             tar_whiteouts,
             hostile_archives,
-            symlinks_stay_inside
+            symlinks_stay_inside,
+            many_files_wide,
+            many_files_deep
         );
     };
 }
@@ -166,24 +169,6 @@ mod xfs {
     #[test]
     fn xattrs() {
         super::run("xattrs", "xfs")
-    }
-}
-
-/// The many-files scenarios on devmapper: listed as ignored so a run shows
-/// them as not run, never as passed. Under emulation even the VM's scaled
-/// count (10,000 files) did not finish within 27 minutes on devmapper,
-/// against minutes on overlay and btrfs in the same VM; run them with
-/// `conformance/vm/run-suites devmapper -- --ignored many_files`.
-mod ext4_slow {
-    #[test]
-    #[ignore = "over 27 min under QEMU's emulation even at 10,000 files"]
-    fn many_files_wide() {
-        super::run("many_files_wide", "ext4")
-    }
-    #[test]
-    #[ignore = "over 27 min under QEMU's emulation even at 10,000 files"]
-    fn many_files_deep() {
-        super::run("many_files_deep", "ext4")
     }
 }
 
@@ -328,6 +313,65 @@ fn deferred_removal() {
     .unwrap();
 }
 
+/// Two drivers open on one root, as two processes are: each sees what the
+/// other made, thin ids and transaction ids are never handed out twice
+/// (each open used to keep its own copy of the records), and a view held
+/// through one keeps the layer's filesystem mounted while the other mounts
+/// and unmounts the layer, and keeps the layer from being removed.
+#[test]
+fn two_opens_of_one_root() {
+    if !in_vm("two_opens_of_one_root") {
+        return;
+    }
+    rt().block_on(async {
+        let tmp = tempfile::tempdir()?;
+        let root = tmp.path().join("root");
+        let a = open(&root, small("ext4")).await?;
+        let b = open(&root, small("ext4")).await?;
+        let res: Result<()> = async {
+            for n in 0..4 {
+                let (d, other) = if n % 2 == 0 { (&a, &b) } else { (&b, &a) };
+                let parent = (n > 0).then(|| id(&format!("l{}", n - 1)));
+                let l = id(&format!("l{n}"));
+                d.create(&l, parent.as_ref(), &CreateOpts::rw())
+                    .await
+                    .with_context(|| format!("create {l} through open {}", n % 2))?;
+                if !other.exists(&l).await? {
+                    bail!("{l}, made through one open, is not seen through the other");
+                }
+            }
+            let top = id("l3");
+            let v = a.view(&top, false).await?;
+            let m = b.mount(&top, &MountOpts::default()).await?;
+            std::fs::write(m.join("f"), "x").context("write into the mount")?;
+            b.unmount(&top).await?;
+            let seen = std::fs::read_to_string(v.path().join("f"))
+                .context("read through the view after the other open unmounted")?;
+            if seen != "x" {
+                bail!("the view reads {seen:?}");
+            }
+            if b.remove(&top).await.is_ok() {
+                bail!("removed a layer while a view of it was open");
+            }
+            drop(v);
+            b.remove(&top).await?;
+            for n in (0..3).rev() {
+                a.remove(&id(&format!("l{n}"))).await?;
+            }
+            let s = b.pool_status().await?;
+            if s.pool_transaction != s.recorded_transaction || s.pending_removals != 0 {
+                bail!("pool and records disagree: {s:?}");
+            }
+            Ok(())
+        }
+        .await;
+        let _ = a.cleanup().await;
+        let _ = b.cleanup().await;
+        res
+    })
+    .unwrap();
+}
+
 /// Child half of [`sigkill_during_create`]: opens the driver on the root it
 /// is given and creates a layer; the crash point kills it.
 #[test]
@@ -410,20 +454,13 @@ fn sigkill_during_create() {
 
 /// Timings of the benchmark workloads for devmapper and vfs in the same VM
 /// run: create of a snapshot layer, import of a tar (2,000 files of 4 KiB),
-/// diff of a child after 100 small changes. A measurement, not a check: it
-/// runs only when `STRATA_DM_FIGURES=1` is passed into the VM
-/// (`conformance/vm/run --env STRATA_DM_FIGURES=1 --cargo-test
-/// strata-conformance devmapper figures`) and prints `FIGURE` lines.
+/// diff of a child after 100 small changes. A measurement, not a check, so
+/// an ignored test: `conformance/vm/run --features vm-tests --cargo-test
+/// strata-conformance devmapper -- --ignored figures --nocapture` prints
+/// `FIGURE` lines.
 #[test]
+#[ignore = "a measurement, not a check: run with --ignored figures --nocapture"]
 fn figures() {
-    if std::env::var("STRATA_DM_FIGURES").is_err() {
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "devmapper figures: a measurement, not requested (STRATA_DM_FIGURES=1)"
-        );
-        return;
-    }
     if !in_vm("figures") {
         return;
     }

@@ -45,9 +45,11 @@ use crate::mounts::{self, BindOptions};
 use crate::{fsutil, mountinfo};
 use async_trait::async_trait;
 use dm::{Dm, PoolStatus};
+use nix::fcntl::Flock;
 use nix::mount::MsFlags;
 use records::{Layer, Records, State};
-use std::collections::HashMap;
+use std::fs::File;
+use std::ops::{Deref, DerefMut};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -111,15 +113,36 @@ struct Inner {
     pool: String,
     own_pool: bool,
     dm: Dm,
+    /// The records as last read; see [`Inner::state`].
     state: Mutex<Records>,
-    /// Users of each layer's filesystem at `fs/<id>` (views and the mount);
-    /// taken only with `state` held. At zero the filesystem is unmounted
-    /// and the device deactivated.
-    refs: Mutex<HashMap<LayerId, usize>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The records, held for one operation: this process's mutex and, across
+/// the processes sharing the root, an exclusive `flock` on `<home>/lock`.
+/// Every operation that reads or changes the records or the pool holds it
+/// from start to end, so no process sees another's half-done create or
+/// remove (only a dead process's, which [`Inner::reconcile`] finishes), and
+/// thin ids and transaction ids are never handed out twice.
+struct Locked<'a> {
+    st: MutexGuard<'a, Records>,
+    _flock: Flock<File>,
+}
+
+impl Deref for Locked<'_> {
+    type Target = Records;
+    fn deref(&self) -> &Records {
+        &self.st
+    }
+}
+
+impl DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut Records {
+        &mut self.st
+    }
 }
 
 fn not_found(id: &LayerId) -> Error {
@@ -216,7 +239,7 @@ impl Devmapper {
         std::fs::create_dir_all(root).ctx("create dir", root)?;
         let root = std::fs::canonicalize(root).ctx("canonicalize", root)?;
         let home = root.join(NAME);
-        for d in ["fs", "mnt", "nodes"] {
+        for d in ["fs", "mnt", "nodes", "users"] {
             let p = home.join(d);
             std::fs::create_dir_all(&p).ctx("create dir", &p)?;
         }
@@ -234,22 +257,10 @@ impl Devmapper {
             own_pool,
             opts,
             state: Mutex::new(Records::default()),
-            refs: Mutex::new(HashMap::new()),
         };
-        inner.attach_pool()?;
-        let recs = inner.load()?;
-        *lock(&inner.state) = recs;
         {
-            let mut st = lock(&inner.state);
-            inner.reconcile(&mut st)?;
+            let mut st = inner.state()?;
             inner.ensure_base(&mut st)?;
-            // Mounts a killed process left stay in use until unmounted.
-            let mut refs = lock(&inner.refs);
-            for id in st.layers.keys() {
-                if mountinfo::is_mount_point(&inner.mnt(id))? {
-                    refs.insert(id.clone(), 1);
-                }
-            }
         }
         Ok(Devmapper {
             inner: Arc::new(inner),
@@ -264,7 +275,7 @@ impl Devmapper {
     pub async fn device_node(&self, id: &LayerId) -> Result<PathBuf> {
         let id = id.clone();
         self.run(move |i| {
-            let st = lock(&i.state);
+            let st = i.state()?;
             let l = i.layer(&st, &id)?;
             i.activate(l.thin)
         })
@@ -282,8 +293,8 @@ impl Devmapper {
     /// [`Error::Driver`] from device-mapper.
     pub async fn pool_status(&self) -> Result<PoolStatusView> {
         self.run(|i| {
+            let st = i.state()?;
             let s = i.dm.pool_status(&i.pool)?;
-            let st = lock(&i.state);
             Ok(PoolStatusView {
                 pool_transaction: s.transaction,
                 recorded_transaction: st.transaction,
@@ -345,6 +356,40 @@ pub async fn open_driver(root: &Path, opts: DevmapperOptions) -> Result<Arc<dyn 
 impl Inner {
     fn records_path(&self) -> PathBuf {
         self.home.join("records")
+    }
+
+    /// Takes the records for one operation (see [`Locked`]): waits for the
+    /// other threads and processes, attaches the pool if another process's
+    /// `cleanup` detached it, reads the records afresh and reconciles them
+    /// with the pool (a process killed in the middle of an operation left
+    /// its work unfinished).
+    ///
+    /// # Errors
+    /// Opening or locking `<home>/lock`; as [`Inner::attach_pool`],
+    /// [`Inner::load`], [`Inner::reconcile`].
+    fn state(&self) -> Result<Locked<'_>> {
+        let st = lock(&self.state);
+        let path = self.home.join("lock");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .ctx("open", &path)?;
+        let flock = Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| Error::nix("flock", &path, e))?;
+        let mut st = Locked { st, _flock: flock };
+        self.attach_pool()?;
+        *st = self.load()?;
+        self.reconcile(&mut st)?;
+        Ok(st)
+    }
+
+    /// The lock file whose shared `flock`s count the users of layer `id`'s
+    /// filesystem at `fs/<id>` (views, in any process; the mount at
+    /// `mnt/<id>` counts by being there).
+    fn users(&self, id: &LayerId) -> PathBuf {
+        self.home.join("users").join(id.as_str())
     }
 
     fn load(&self) -> Result<Records> {
@@ -531,7 +576,7 @@ impl Inner {
             mounts::unmount(&fsd)?;
         }
         let _ = std::fs::remove_dir(&fsd);
-        lock(&self.refs).remove(id);
+        let _ = std::fs::remove_file(self.users(id));
         let name = self.thin_name(l.thin);
         if let Some((_, open)) = self.dm.active(&name)? {
             if open > 0 || self.dm.remove(&name, false).is_err() {
@@ -628,38 +673,57 @@ impl Inner {
     }
 
     /// Takes a reference on the layer's filesystem, mounted at `fs/<id>`
-    /// (with its device activated) on the first; returns its `rootfs/`.
-    /// Called with `state` held.
-    fn acquire(&self, id: &LayerId, l: &Layer) -> Result<PathBuf> {
+    /// (with its device activated) if it is not: a shared `flock` on its
+    /// users file, which the caller holds while it uses the tree. Returns
+    /// the tree (`rootfs/`) and the lock. Called with the state held.
+    fn acquire(&self, id: &LayerId, l: &Layer) -> Result<(PathBuf, Flock<File>)> {
         let at = self.fs_dir(id);
-        let mut refs = lock(&self.refs);
-        let n = refs.get(id).copied().unwrap_or(0);
-        if n == 0 {
-            self.mount_fs(l.thin, &at)?;
-        }
-        refs.insert(id.clone(), n + 1);
-        Ok(at.join("rootfs"))
+        self.mount_fs(l.thin, &at)?;
+        let user = fsutil::busy_lock(&self.users(id), false)?
+            .ok_or_else(|| drv(format!("no shared lock on {}", self.users(id).display())))?;
+        Ok((at.join("rootfs"), user))
     }
 
-    /// Drops a reference taken by [`Inner::acquire`]; the last unmounts the
+    /// Drops a reference taken by [`Inner::acquire`] (`held`, or none for
+    /// the mount at `mnt/<id>`); when no other user in any process holds
+    /// one and the layer is not mounted at `mnt/<id>`, unmounts the
     /// filesystem and deactivates the device (errors are logged: the next
-    /// remove or cleanup retries). Called with `state` held.
-    fn release(&self, id: &LayerId, thin: u32) {
-        let mut refs = lock(&self.refs);
-        let n = refs.get(id).copied().unwrap_or(0);
-        if n > 1 {
-            refs.insert(id.clone(), n - 1);
+    /// remove or cleanup retries). Called with the state held.
+    fn release(&self, id: &LayerId, thin: u32, held: Option<Flock<File>>) {
+        drop(held);
+        let users = self.users(id);
+        let last = match fsutil::busy_lock(&users, true) {
+            Ok(Some(l)) => l,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(layer = %id, error = %e, "devmapper: locking the layer's users");
+                return;
+            }
+        };
+        if mountinfo::is_mount_point(&self.mnt(id)).unwrap_or(true) {
             return;
         }
-        refs.remove(id);
         let at = self.fs_dir(id);
-        if let Err(e) = mounts::unmount(&at) {
-            tracing::warn!(layer = %id, error = %e, "devmapper: unmounting the layer's filesystem");
-            return;
+        if mountinfo::is_mount_point(&at).unwrap_or(false) {
+            if let Err(e) = mounts::unmount(&at) {
+                tracing::warn!(layer = %id, error = %e, "devmapper: unmounting the layer's filesystem");
+                return;
+            }
         }
         let _ = std::fs::remove_dir(&at);
-        if let Err(e) = self.dm.remove(&self.thin_name(thin), false) {
-            tracing::warn!(layer = %id, error = %e, "devmapper: deactivating the layer's device");
+        // Every acquire holds the state, as this does: nobody waits on it.
+        let _ = std::fs::remove_file(&users);
+        drop(last);
+        if self
+            .dm
+            .active(&self.thin_name(thin))
+            .ok()
+            .flatten()
+            .is_some()
+        {
+            if let Err(e) = self.dm.remove(&self.thin_name(thin), false) {
+                tracing::warn!(layer = %id, error = %e, "devmapper: deactivating the layer's device");
+            }
         }
     }
 
@@ -732,7 +796,7 @@ impl Inner {
     }
 
     fn create(&self, id: &LayerId, parent: Option<&LayerId>, opts: &CreateOpts) -> Result<()> {
-        let mut st = lock(&self.state);
+        let mut st = self.state()?;
         self.finish_deferred(&mut st)?;
         if st.layers.get(id).is_some_and(|l| l.state == State::Ready) {
             return Err(Error::AlreadyExists { id: id.to_string() });
@@ -800,7 +864,7 @@ impl Inner {
     }
 
     fn remove(&self, id: &LayerId) -> Result<()> {
-        let mut st = lock(&self.state);
+        let mut st = self.state()?;
         let l = self.layer(&st, id)?.clone();
         let mnt = self.mnt(id);
         if mountinfo::is_mount_point(&mnt)? {
@@ -809,6 +873,14 @@ impl Inner {
                 why: format!("mounted at {}", mnt.display()),
             });
         }
+        // Held to the end: no view can start (that needs the state), and
+        // none is open now.
+        let Some(_no_users) = fsutil::busy_lock(&self.users(id), true)? else {
+            return Err(Error::Busy {
+                id: id.to_string(),
+                why: "a view of it is open (a diff or apply in some process)".into(),
+            });
+        };
         let children = st.children(id);
         if !children.is_empty() {
             return Err(Error::HasChildren {
@@ -831,7 +903,7 @@ impl Inner {
     }
 
     fn mount(&self, id: &LayerId, opts: &MountOpts) -> Result<PathBuf> {
-        let st = lock(&self.state);
+        let st = self.state()?;
         let l = self.layer(&st, id)?.clone();
         let mut bind = BindOptions::default().with_options(&opts.options)?;
         bind.read_only |= l.read_only || opts.read_only;
@@ -839,7 +911,7 @@ impl Inner {
         if mountinfo::is_mount_point(&target)? {
             return Ok(target);
         }
-        let src = self.acquire(id, &l)?;
+        let (src, user) = self.acquire(id, &l)?;
         let made = match std::fs::DirBuilder::new().mode(0o755).create(&target) {
             Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
                 Err(Error::io("mkdir", &target, e))
@@ -848,45 +920,54 @@ impl Inner {
         };
         if let Err(e) = made {
             let _ = std::fs::remove_dir(&target);
-            self.release(id, l.thin);
+            self.release(id, l.thin, Some(user));
             return Err(e);
         }
+        // The mount at `mnt/<id>` is the user from now on.
+        drop(user);
+        drop(st);
         Ok(target)
     }
 
     fn unmount(&self, id: &LayerId) -> Result<()> {
-        let st = lock(&self.state);
+        let st = self.state()?;
         let thin = self.layer(&st, id)?.thin;
         let target = self.mnt(id);
         if !mountinfo::is_mount_point(&target)? {
             return Ok(());
         }
         mounts::unmount(&target)?;
-        self.release(id, thin);
+        self.release(id, thin, None);
         match std::fs::remove_dir(&target) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 tracing::warn!(error = %e, %id, "devmapper unmount: removing the mount point")
             }
             _ => {}
         }
+        drop(st);
         Ok(())
     }
 
     fn view(self: &Arc<Self>, id: &LayerId) -> Result<View> {
-        let st = lock(&self.state);
+        let st = self.state()?;
         let l = self.layer(&st, id)?.clone();
-        let path = self.acquire(id, &l)?;
+        let (path, user) = self.acquire(id, &l)?;
+        drop(st);
         let me = Arc::clone(self);
         let id = id.clone();
-        Ok(View::with_release(path, move || {
-            let _st = lock(&me.state);
-            me.release(&id, l.thin);
+        Ok(View::with_release(path, move || match me.state() {
+            Ok(_st) => me.release(&id, l.thin, Some(user)),
+            Err(e) => {
+                // The filesystem stays mounted for the next remove or cleanup.
+                drop(user);
+                tracing::warn!(layer = %id, error = %e, "devmapper: releasing a view");
+            }
         }))
     }
 
     fn status(&self) -> Result<Status> {
+        let st = self.state()?;
         let s = self.dm.pool_status(&self.pool)?;
-        let st = lock(&self.state);
         let mib = |b: u64| format!("{} MiB", b >> 20);
         Ok(vec![
             ("root".into(), self.home.display().to_string()),
@@ -938,8 +1019,7 @@ impl Inner {
     }
 
     fn cleanup(&self) -> Result<()> {
-        let mut st = lock(&self.state);
-        lock(&self.refs).clear();
+        let mut st = self.state()?;
         let mut first: Option<Error> = None;
         for d in ["mnt", "fs"] {
             let dir = self.home.join(d);
@@ -1043,13 +1123,13 @@ impl Driver for Devmapper {
 
     async fn exists(&self, id: &LayerId) -> Result<bool> {
         let id = id.clone();
-        self.run(move |i| Ok(i.layer(&lock(&i.state), &id).is_ok()))
+        self.run(move |i| Ok(i.layer(&*i.state()?, &id).is_ok()))
             .await
     }
 
     async fn list(&self) -> Result<Vec<LayerId>> {
         self.run(|i| {
-            Ok(lock(&i.state)
+            Ok(i.state()?
                 .layers
                 .iter()
                 .filter(|(_, l)| l.state == State::Ready)
@@ -1061,7 +1141,7 @@ impl Driver for Devmapper {
 
     async fn parent(&self, id: &LayerId) -> Result<Option<LayerId>> {
         let id = id.clone();
-        self.run(move |i| Ok(i.layer(&lock(&i.state), &id)?.parent.clone()))
+        self.run(move |i| Ok(i.layer(&*i.state()?, &id)?.parent.clone()))
             .await
     }
 
@@ -1078,7 +1158,7 @@ impl Driver for Devmapper {
     async fn is_mounted(&self, id: &LayerId) -> Result<bool> {
         let id = id.clone();
         self.run(move |i| {
-            i.layer(&lock(&i.state), &id)?;
+            i.layer(&*i.state()?, &id)?;
             mountinfo::is_mount_point(&i.mnt(&id))
         })
         .await
@@ -1089,7 +1169,7 @@ impl Driver for Devmapper {
     async fn mount_spec(&self, id: &LayerId, _opts: &MountOpts) -> Result<Vec<MountSpec>> {
         let id = id.clone();
         self.run(move |i| {
-            i.layer(&lock(&i.state), &id)?;
+            i.layer(&*i.state()?, &id)?;
             Err(Error::Unsupported {
                 driver: NAME.into(),
                 why: "mount specs (a layer is the rootfs/ directory of its device)".into(),
