@@ -823,6 +823,11 @@ impl LoopXfs {
             prjquota: true,
         };
         run("mkfs.xfs", &["-q", img.to_str().unwrap()])?;
+        // A freshly booted kernel (the VM) may not have loaded the loop
+        // driver yet; where it is built in or loaded this does nothing.
+        if !Path::new("/dev/loop-control").exists() {
+            let _ = Command::new("modprobe").arg("loop").status();
+        }
         let dev = run("losetup", &["-f", "--show", img.to_str().unwrap()])?
             .trim()
             .to_string();

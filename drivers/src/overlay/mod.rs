@@ -428,9 +428,14 @@ impl Inner {
         if let (Some(size), Some(q)) = (opts.size, &self.quota) {
             // The work dir too: overlay creates and copies up files there
             // and renames them into diff/, which XFS refuses (EXDEV) between
-            // directories of different projects.
+            // directories of different projects. A layer without a parent
+            // has none (it mounts as a bind of diff/).
+            let work = staging.join("work");
             let r = quota::set_project(&staging.join("diff"), meta.project)
-                .and_then(|()| quota::set_project(&staging.join("work"), meta.project))
+                .and_then(|()| match work.exists() {
+                    true => quota::set_project(&work, meta.project),
+                    false => Ok(()),
+                })
                 .and_then(|()| quota::set_limit(&q.device, meta.project, size));
             if let Err(e) = r {
                 let _ = fs::remove_dir_all(&staging);
