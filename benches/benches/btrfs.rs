@@ -11,6 +11,8 @@
 //! Needs root. Run: `cargo bench -p strata-benches --bench btrfs`.
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use strata_benches::harness::{need_root, Env};
 use strata_benches::workloads::Size;
@@ -20,8 +22,46 @@ use strata_driver_api::{CreateOpts, Driver, LayerId, MountOpts};
 /// Creates per parent for the printed ratio.
 const CREATE_ROUNDS: usize = 30;
 
+/// The parents: name, bytes, files.
+const PARENTS: [(&str, u64, usize); 2] = [("p10", 10 << 20, 200), ("p500", 500 << 20, 6_000)];
+
 fn id(s: &str) -> LayerId {
     LayerId::new(s).expect("valid id")
+}
+
+/// Opens driver `name` on `root`.
+fn open(rt: &tokio::runtime::Runtime, name: &str, root: &Path) -> Arc<dyn Driver> {
+    rt.block_on(strata_drivers::registry::open(
+        name,
+        root,
+        &Default::default(),
+    ))
+    .unwrap_or_else(|e| panic!("open {name} on {}: {e}", root.display()))
+}
+
+/// Creates layer `l` without a parent in `d` and fills it with a generated
+/// tree of `bytes` in `files` files (the same tree for the same sizes).
+fn make_parent(
+    rt: &tokio::runtime::Runtime,
+    d: &Arc<dyn Driver>,
+    l: &LayerId,
+    bytes: u64,
+    files: usize,
+) {
+    rt.block_on(async {
+        d.create(l, None, &CreateOpts::rw()).await.unwrap();
+        let v = d.view(l, true).await.unwrap();
+        let spec = RootfsSpec {
+            files,
+            dirs: files / 20,
+            bytes,
+            seed: 5,
+        };
+        tokio::task::spawn_blocking(move || generate_rootfs(v.path(), spec).map(|_| ()))
+            .await
+            .unwrap()
+            .unwrap();
+    });
 }
 
 fn bench_btrfs(c: &mut Criterion) {
@@ -35,30 +75,10 @@ fn bench_btrfs(c: &mut Criterion) {
         .scratch
         .loop_fs("btrfs", "btrfs", 2 << 30)
         .expect("btrfs loop image");
-    let driver: std::sync::Arc<dyn Driver> = rt
-        .block_on(strata_drivers::registry::open(
-            "btrfs",
-            &dir.join("root"),
-            &Default::default(),
-        ))
-        .expect("open btrfs");
-    let parents = [("p10", 10u64 << 20, 200usize), ("p500", 500 << 20, 6_000)];
+    let driver = open(&rt, "btrfs", &dir.join("root"));
+    let parents = PARENTS;
     for (name, bytes, files) in parents {
-        let p = id(name);
-        rt.block_on(async {
-            driver.create(&p, None, &CreateOpts::rw()).await.unwrap();
-            let v = driver.view(&p, true).await.unwrap();
-            let spec = RootfsSpec {
-                files,
-                dirs: files / 20,
-                bytes,
-                seed: 5,
-            };
-            tokio::task::spawn_blocking(move || generate_rootfs(v.path(), spec).map(|_| ()))
-                .await
-                .unwrap()
-                .unwrap();
-        });
+        make_parent(&rt, &driver, &id(name), bytes, files);
     }
 
     // Write the generated parents back first: a snapshot commits the
@@ -142,31 +162,13 @@ fn bench_btrfs(c: &mut Criterion) {
     // changes in VFS layers (plain copies) on the same filesystem, for the
     // naive differ without the inode shortcut (a copy keeps no inode
     // numbers).
-    let big = id("p500");
+    let (big_name, big_bytes, big_files) = PARENTS[1];
+    let big = id(big_name);
     let child = id("changed");
-    let vfs: std::sync::Arc<dyn Driver> = rt
-        .block_on(strata_drivers::registry::open(
-            "vfs",
-            &dir.join("vfs-root"),
-            &Default::default(),
-        ))
-        .expect("open vfs");
+    let vfs = open(&rt, "vfs", &dir.join("vfs-root"));
+    make_parent(&rt, &vfs, &big, big_bytes, big_files);
     for d in [&driver, &vfs] {
         rt.block_on(async {
-            if !d.exists(&big).await.unwrap() {
-                d.create(&big, None, &CreateOpts::rw()).await.unwrap();
-                let v = d.view(&big, true).await.unwrap();
-                let spec = RootfsSpec {
-                    files: 6_000,
-                    dirs: 300,
-                    bytes: 500 << 20,
-                    seed: 5,
-                };
-                tokio::task::spawn_blocking(move || generate_rootfs(v.path(), spec).map(|_| ()))
-                    .await
-                    .unwrap()
-                    .unwrap();
-            }
             d.create(&child, Some(&big), &CreateOpts::rw())
                 .await
                 .unwrap();

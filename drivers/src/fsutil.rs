@@ -214,12 +214,7 @@ pub fn opaque_as_whiteouts(
 /// Opening or locking the file.
 pub fn busy_lock(path: &Path, exclusive: bool) -> Result<Option<nix::fcntl::Flock<File>>> {
     use nix::fcntl::{Flock, FlockArg};
-    let f = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .ctx("open", path)?;
+    let f = lock_file(path)?;
     let arg = if exclusive {
         FlockArg::LockExclusiveNonblock
     } else {
@@ -230,6 +225,26 @@ pub fn busy_lock(path: &Path, exclusive: bool) -> Result<Option<nix::fcntl::Floc
         Err((_, Errno::EWOULDBLOCK)) if exclusive => Ok(None),
         Err((_, e)) => Err(Error::nix("flock", path, e)),
     }
+}
+
+/// An exclusive `flock` on the file `path` (created if missing), waiting
+/// for other holders; released on drop or when the process dies.
+///
+/// # Errors
+/// Opening or locking the file.
+pub fn lock_exclusive(path: &Path) -> Result<nix::fcntl::Flock<File>> {
+    nix::fcntl::Flock::lock(lock_file(path)?, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| Error::nix("flock", path, e))
+}
+
+/// Opens the lock file `path` for `flock`, creating it if missing.
+fn lock_file(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .ctx("open", path)
 }
 
 #[cfg(test)]

@@ -4,10 +4,9 @@
 //! because the driver call happens outside SQLite.
 
 use crate::error::Result;
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::Flock;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use strata_driver_api::{Error as DError, IoContext};
 
 /// A held lock; released on drop (or when the process dies).
 #[derive(Debug)]
@@ -23,15 +22,9 @@ pub struct RootLock {
 pub async fn lock(path: &Path) -> Result<RootLock> {
     let path: PathBuf = path.to_path_buf();
     let lock = tokio::task::spawn_blocking(move || -> Result<RootLock> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .ctx("open", &path)?;
-        let lock = Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, errno)| DError::nix("flock", &path, errno))?;
-        Ok(RootLock { _lock: lock })
+        Ok(RootLock {
+            _lock: strata_drivers::fsutil::lock_exclusive(&path)?,
+        })
     })
     .await
     .map_err(strata_driver_api::join_error)??;

@@ -369,15 +369,7 @@ impl Inner {
     /// [`Inner::load`], [`Inner::reconcile`].
     fn state(&self) -> Result<Locked<'_>> {
         let st = lock(&self.state);
-        let path = self.home.join("lock");
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .ctx("open", &path)?;
-        let flock = Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
-            .map_err(|(_, e)| Error::nix("flock", &path, e))?;
+        let flock = fsutil::lock_exclusive(&self.home.join("lock"))?;
         let mut st = Locked { st, _flock: flock };
         self.attach_pool()?;
         *st = self.load()?;
@@ -437,11 +429,11 @@ impl Inner {
         self.opts.base_size / 512
     }
 
-    /// Attaches (own pool: loops + pool device, made the first time) or
-    /// checks (an existing pool) the thin pool.
+    /// Attaches the thin pool if it is not active (own pool: loops + pool
+    /// device, made the first time). Whether an active device is a usable
+    /// thin pool, [`Inner::reconcile`] checks right after.
     fn attach_pool(&self) -> Result<()> {
         if self.dm.active(&self.pool)?.is_some() {
-            self.dm.pool_status(&self.pool)?;
             return Ok(());
         }
         if !self.own_pool {

@@ -432,9 +432,12 @@ impl Inner {
             // has none (it mounts as a bind of diff/).
             let work = staging.join("work");
             let r = quota::set_project(&staging.join("diff"), meta.project)
-                .and_then(|()| match work.exists() {
-                    true => quota::set_project(&work, meta.project),
-                    false => Ok(()),
+                .and_then(|()| {
+                    if work.exists() {
+                        quota::set_project(&work, meta.project)
+                    } else {
+                        Ok(())
+                    }
                 })
                 .and_then(|()| quota::set_limit(&q.device, meta.project, size));
             if let Err(e) = r {
