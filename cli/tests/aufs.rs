@@ -8,7 +8,7 @@
 //! them it prints why and skips (a failure when `CI=true`).
 
 mod common;
-use common::{alive, kill_aufs_servers, need_root, STRATA};
+use common::{alive, kill_aufs_servers, need_root, strata};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -44,7 +44,7 @@ impl Store {
         Store { dir, root }
     }
     fn ok(&self, args: &[&str]) -> String {
-        let o = Command::new(STRATA)
+        let o = Command::new(strata())
             .arg("--config")
             .arg(self.dir.path().join("strata.toml"))
             .arg("--root")

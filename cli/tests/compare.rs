@@ -36,7 +36,7 @@ impl Run {
         self.dir.path().join("out")
     }
     fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(STRATA);
+        let mut c = Command::new(strata());
         c.arg("compare")
             .arg("--out")
             .arg(self.out())
@@ -295,7 +295,7 @@ fn import_of_a_1gib_layer_peaks_under_64mib_rss() {
     std::fs::remove_dir_all(&src).unwrap();
     let out = Command::new("/usr/bin/time")
         .arg("-v")
-        .arg(STRATA)
+        .arg(strata())
         .args(["--config"])
         .arg(&r.config)
         .arg("--root")

@@ -1,11 +1,11 @@
 //! Configuration errors and precedence, through the real binary.
 
 mod common;
-use common::{Root, STRATA};
+use common::Root;
 use std::process::Command;
 
 fn strata(args: &[&str]) -> Command {
-    let mut c = Command::new(STRATA);
+    let mut c = Command::new(common::strata());
     c.args(args)
         .env_remove("STRATA_CONFIG")
         .env_remove("STRATA_ROOT")

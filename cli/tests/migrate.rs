@@ -11,7 +11,7 @@
 //! this build can work (btrfs needs it; vfs and overlay work on it too).
 
 mod common;
-use common::{mounts_under, need_root, sha256_file, STRATA};
+use common::{mounts_under, need_root, sha256_file, strata};
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -99,7 +99,7 @@ impl St {
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(STRATA);
+        let mut c = Command::new(strata());
         c.arg("--config")
             .arg(&self.config)
             .arg("--root")

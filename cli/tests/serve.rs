@@ -191,7 +191,7 @@ impl Server {
             .create(true)
             .append(true)
             .open(&log)?;
-        let child = Command::new(common::STRATA)
+        let child = Command::new(common::strata())
             .arg("--config")
             .arg(&config)
             .arg("--root")
@@ -243,7 +243,7 @@ impl Server {
 
     /// `strata ARGS` on this server's root (another process on the store).
     fn strata(&self, args: &[&str]) -> Result<String> {
-        let o = Command::new(common::STRATA)
+        let o = Command::new(common::strata())
             .arg("--config")
             .arg(self.root.with_extension("toml"))
             .arg("--root")
@@ -1069,7 +1069,7 @@ fn suite(driver: &str) {
     }
     let st = server.stop();
     assert!(st.is_some_and(|s| s.success()), "{test}: stop: {st:?}");
-    let ls = Command::new(common::STRATA)
+    let ls = Command::new(common::strata())
         .arg("--config")
         .arg(root.with_extension("toml"))
         .arg("--root")
