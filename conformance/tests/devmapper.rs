@@ -372,6 +372,110 @@ fn two_opens_of_one_root() {
     .unwrap();
 }
 
+/// The device-mapper name behind a device node (from sysfs).
+fn dm_name_of(node: &Path) -> Result<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let rdev = std::fs::metadata(node)
+        .with_context(|| format!("stat {}", node.display()))?
+        .rdev();
+    let sys = format!(
+        "/sys/dev/block/{}:{}/dm/name",
+        nix::sys::stat::major(rdev),
+        nix::sys::stat::minor(rdev)
+    );
+    Ok(std::fs::read_to_string(&sys)
+        .with_context(|| format!("read {sys}"))?
+        .trim()
+        .to_string())
+}
+
+/// `dmsetup ARGS` (no udev in the VM), its stdout.
+fn dmsetup(args: &[&str]) -> Result<String> {
+    let o = std::process::Command::new("dmsetup")
+        .args(args)
+        .arg("--noudevsync")
+        .output()
+        .context("run dmsetup")?;
+    if !o.status.success() {
+        bail!(
+            "dmsetup {args:?}: {}: {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// What a process killed inside a device activation or a snapshot's
+/// suspend/resume leaves, mended by the next operation (found by the
+/// reliability suite's crash_devmapper: a layer's device left created
+/// with no table read as 0 bytes, and its next mount failed with EIO):
+/// - the layer's device exists with no table: `mount` removes and remakes
+///   it, and the layer's file is there;
+/// - the layer's device is left active and suspended: `mount` resumes it
+///   (else the mount hangs on its first read).
+#[test]
+fn half_made_devices_are_mended() {
+    if !in_vm("half_made_devices_are_mended") {
+        return;
+    }
+    rt().block_on(async {
+        let tmp = tempfile::tempdir()?;
+        let root = tmp.path().join("root");
+        let d = open(&root, small("ext4")).await?;
+        let res: Result<()> = async {
+            let a = id("a");
+            d.create(&a, None, &CreateOpts::rw()).await?;
+            let m = d.mount(&a, &MountOpts::default()).await?;
+            std::fs::write(m.join("f"), "kept").context("write f")?;
+            let name = dm_name_of(&d.device_node(&a).await?)?;
+            d.unmount(&a).await?;
+            if dmsetup(&["info", "-c", "--noheadings", "-o", "name"])?
+                .lines()
+                .any(|l| l.trim() == name)
+            {
+                bail!("{name} still active after the last unmount");
+            }
+            // Killed between DM_DEV_CREATE and the table's load and resume.
+            dmsetup(&["create", &name, "--notable"])?;
+            let m = d
+                .mount(&a, &MountOpts::default())
+                .await
+                .context("mount over a device left without a table")?;
+            let f = std::fs::read_to_string(m.join("f")).context("read f")?;
+            if f != "kept" {
+                bail!("f reads {f:?}");
+            }
+            d.unmount(&a).await?;
+            // Killed between the suspend and the resume around a snapshot:
+            // the device stays active and suspended. A mount of it would
+            // hang on its first read unless it is resumed first.
+            let node = d.device_node(&a).await?;
+            if dm_name_of(&node)? != name {
+                bail!("layer a's device is no longer {name}");
+            }
+            dmsetup(&["suspend", &name])?;
+            let m = d
+                .mount(&a, &MountOpts::default())
+                .await
+                .context("mount of a layer whose device was left suspended")?;
+            if !dmsetup(&["info", &name])?.contains("ACTIVE") {
+                bail!("{name} is still suspended: {}", dmsetup(&["info", &name])?);
+            }
+            std::fs::write(m.join("g"), "written").context("write g after the resume")?;
+            d.create(&id("b"), Some(&a), &CreateOpts::rw()).await?;
+            d.unmount(&a).await?;
+            d.remove(&id("b")).await?;
+            d.remove(&a).await?;
+            Ok(())
+        }
+        .await;
+        let _ = d.cleanup().await;
+        res
+    })
+    .unwrap();
+}
+
 /// Child half of [`sigkill_during_create`]: opens the driver on the root it
 /// is given and creates a layer; the crash point kills it.
 #[test]

@@ -86,13 +86,43 @@ impl Dm {
         Ok(v.into_iter().map(|t| t.0).collect())
     }
 
-    /// The device number of `dev` if it is active.
+    /// The device number and open count of `dev` if it is active.
+    ///
+    /// Mends what a process killed halfway through [`Dm::create`] or a
+    /// suspend/resume pair left (every caller holds the driver's records
+    /// lock, so no other strata process is inside such a window):
+    /// - a device created with no live table (killed before its table was
+    ///   loaded and resumed) reads as 0 bytes, and a mount of it fails with
+    ///   EIO ("attempt to access beyond end of device ... limit=0"): it is
+    ///   removed and reported as not active, so the caller makes it again;
+    /// - a device left suspended (killed between the suspend and the resume
+    ///   around a snapshot of an active origin) would hang all I/O: it is
+    ///   resumed.
     pub fn active(&self, dev: &str) -> Result<Option<(Device, i32)>> {
-        match self.dm.device_info(&DevId::Name(name(dev)?)) {
-            Ok(info) => Ok(Some((info.device(), info.open_count()))),
-            Err(e) if is_enxio(&e) => Ok(None),
-            Err(e) => Err(dm_err("device info", dev, e)),
+        let id = DevId::Name(name(dev)?);
+        let info = match self.dm.device_info(&id) {
+            Ok(info) => info,
+            Err(e) if is_enxio(&e) => return Ok(None),
+            Err(e) => return Err(dm_err("device info", dev, e)),
+        };
+        let flags = info.flags();
+        if !flags.contains(DmFlags::DM_ACTIVE_PRESENT) {
+            if info.open_count() > 0 {
+                return Err(dm_err(
+                    "device",
+                    dev,
+                    "has no live table but is open; remove it by hand (dmsetup remove)",
+                ));
+            }
+            tracing::info!(device = dev, "removing a device left without a table");
+            self.remove(dev, false)?;
+            return Ok(None);
         }
+        if flags.contains(DmFlags::DM_SUSPEND) {
+            tracing::info!(device = dev, "resuming a device left suspended");
+            self.suspend(dev, false)?;
+        }
+        Ok(Some((info.device(), info.open_count())))
     }
 
     /// Creates device `dev` with one target line and activates it.
