@@ -524,7 +524,14 @@ impl<'a> Crash<'a> {
                 }
             },
         };
-        let path = PathBuf::from(r.ok(&["mount", "t"]).trim());
+        let o = r.run(&["mount", "t"]);
+        assert!(
+            o.status.success(),
+            "{what}: mount t after the repair: {}: {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let path = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
         assert!(path.join("b/f0000").is_file(), "{what}: parent's file");
         if let Some(p) = probe {
             assert!(path.join(p).is_file(), "{what}: {p} missing in the mount");
