@@ -29,6 +29,23 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
+/// Whether `test` may run: as root. Otherwise prints that it skips and
+/// why (`needs`: what root is for) on stderr, past the harness's capture,
+/// and returns false; under `CI=true` it panics instead.
+pub fn root_or_skip(test: &str, needs: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    let why = format!("SKIP: {test} needs root ({needs})");
+    assert!(
+        !crate::in_ci(),
+        "{why}, and CI=true requires every condition"
+    );
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{why}");
+    false
+}
+
 /// Whether an executable `tool` is on `PATH` (or in `/sbin`, `/usr/sbin`).
 pub fn have_tool(tool: &str) -> bool {
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")

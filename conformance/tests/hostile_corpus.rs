@@ -10,17 +10,15 @@
 
 use std::io::Write as _;
 use strata_conformance::hostile::{self, Expect};
-use strata_conformance::{in_ci, ops};
+use strata_conformance::ops;
 use strata_driver_api::archive::{self, WhiteoutFormat};
 
 #[test]
 fn corpus_against_the_archive_module() {
-    if !nix::unistd::geteuid().is_root() {
-        assert!(!in_ci(), "hostile_corpus needs root under CI=true");
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIP: hostile_corpus needs root (mknod, chown, trusted.* xattrs)"
-        );
+    if !strata_conformance::fixtures::root_or_skip(
+        "hostile_corpus",
+        "mknod, chown, trusted.* xattrs",
+    ) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

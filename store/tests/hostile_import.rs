@@ -29,15 +29,8 @@ fn listing(store: &Store) -> Vec<String> {
 
 #[tokio::test]
 async fn rejected_imports_leave_no_trace() {
-    if !nix::unistd::geteuid().is_root() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "hostile_import needs root under CI=true"
-        );
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIP: hostile_import needs root (chown, mknod in applied tars)"
-        );
+    if !strata_conformance::fixtures::root_or_skip("hostile_import", "chown, mknod in applied tars")
+    {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
