@@ -186,6 +186,27 @@ impl Dm {
             .map_err(|e| dm_err(&format!("message {msg:?} to pool"), pool, e))
     }
 
+    /// Deletes thin device `thin` from `pool`'s metadata. Returns false when
+    /// the pool holds no such id (never made, or already deleted: what a
+    /// rollback after a kill meets). Any other failure is an error: EBUSY
+    /// (a device of that id is still active, perhaps under another name)
+    /// or a pool in read-only mode would otherwise leak the id's blocks.
+    pub fn delete_thin(&self, pool: &str, thin: u32) -> Result<bool> {
+        let msg = format!("delete {thin}");
+        match self.dm.target_msg(&DevId::Name(name(pool)?), None, &msg) {
+            Ok(_) => Ok(true),
+            Err(e) if errno(&e) == Some(libc_errno::ENODATA) => Ok(false),
+            Err(e) => Err(dm_err(
+                &format!("delete thin device {thin} (message {msg:?}) in pool"),
+                pool,
+                match errno(&e) {
+                    Some(n) => format!("{} ({e})", std::io::Error::from_raw_os_error(n)),
+                    None => e.to_string(),
+                },
+            )),
+        }
+    }
+
     /// The target type and parameters of `dev`'s table, or of its status
     /// (`table == false`).
     pub fn table(&self, dev: &str, table: bool) -> Result<(String, String)> {
@@ -271,9 +292,26 @@ pub fn parse_pool_status(s: &str, data_block_bytes: u64) -> Option<PoolStatus> {
     })
 }
 
+/// The errno a failed device-mapper ioctl returned, if `e` is one.
+fn errno(e: &devicemapper::DmError) -> Option<i32> {
+    match e {
+        devicemapper::DmError::Core(devicemapper::errors::Error::Ioctl(_, _, _, err)) => {
+            Some(**err as i32)
+        }
+        _ => None,
+    }
+}
+
 fn is_enxio(e: &devicemapper::DmError) -> bool {
-    let s = format!("{e:?}");
-    s.contains("ENXIO") || s.contains("No such device or address")
+    errno(e) == Some(libc_errno::ENXIO)
+}
+
+/// The errno values the pool's answers are told apart by (Linux's numbers).
+pub mod libc_errno {
+    /// No such device (a device name not present).
+    pub const ENXIO: i32 = 6;
+    /// No data: a thin id the pool's metadata does not hold.
+    pub const ENODATA: i32 = 61;
 }
 
 /// A block device node for `dev`: `/dev/dm-<minor>` when devtmpfs made it,

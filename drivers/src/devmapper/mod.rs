@@ -499,15 +499,10 @@ impl Inner {
 
     /// Deletes thin id `thin` from the pool; a missing id is fine.
     fn delete_thin(&self, thin: u32) -> Result<()> {
-        match self.dm.message(&self.pool, &format!("delete {thin}")) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                // The kernel says ENODATA/EINVAL for an unknown id; anything
-                // else shows as a failed status below.
-                tracing::debug!(thin, error = %e, "delete thin id");
-                Ok(())
-            }
+        if !self.dm.delete_thin(&self.pool, thin)? {
+            tracing::debug!(thin, "thin id not in the pool: nothing to delete");
         }
+        Ok(())
     }
 
     /// Checks the records against the pool and finishes what an interrupted
@@ -546,7 +541,7 @@ impl Inner {
         for (id, l) in pending {
             // An unfinished create is rolled back; a remove finished (unless
             // the device is still held: then it stays pending).
-            self.finish_removal(st, &id, &l)?;
+            self.finish_pending(st, &id, &l);
         }
         if let Some((thin, State::Creating)) = st.base {
             let _ = self.dm.remove(&self.thin_name(thin), false);
@@ -596,9 +591,19 @@ impl Inner {
             .map(|(i, l)| (i.clone(), l.clone()))
             .collect();
         for (id, l) in pending {
-            self.finish_removal(st, &id, &l)?;
+            self.finish_pending(st, &id, &l);
         }
         Ok(())
+    }
+
+    /// [`Inner::finish_removal`] for a record another operation left: a
+    /// failure (the thin id still held by a device of another name, a pool
+    /// refusing messages) leaves the record pending, to be retried by the
+    /// next operation, and does not fail this one.
+    fn finish_pending(&self, st: &mut Records, id: &LayerId, l: &Layer) {
+        if let Err(e) = self.finish_removal(st, id, l) {
+            tracing::warn!(layer = %id, error = %e, "devmapper: removal stays pending");
+        }
     }
 
     fn fs_options(&self) -> String {
