@@ -26,9 +26,10 @@ lint: deps
 	$(CARGO) clippy -p strata --features vm-tests --all-targets -- -D warnings
 
 # The whole test suite (root needed for mounts; CI runs it as root).
-# Device-mapper is not in the build hosts' kernels: its suite runs under
-# Debian's 6.1 kernel in a QEMU VM, and so do the overlay (classic mount
-# path) and btrfs suites, to check an older kernel (conformance/vm/run-suites).
+# Device-mapper is not in the build hosts' kernels: its suite and its part
+# of the reliability suite run under Debian's 6.1 kernel in a QEMU VM, and
+# so do the overlay (classic mount path) and btrfs suites, to check an
+# older kernel (conformance/vm/run-suites).
 test: lint
 	$(CARGO) test --workspace --no-fail-fast
 	conformance/vm/run-suites
