@@ -11,7 +11,8 @@ use std::process::{Command, Output, Stdio};
 pub const STRATA: &str = env!("CARGO_BIN_EXE_strata");
 
 /// The binary the tests run: [`STRATA`], or with `STRATA_TEST_BIN_DIR` set,
-/// a copy of it made there once per test process.
+/// a copy of it made there once per test process, named `strata` (in a
+/// directory of its own) as aufs needs to find it to start FUSE servers.
 ///
 /// The VM runner (conformance/vm/run) sets `STRATA_TEST_BIN_DIR` to the
 /// guest's scratch disk: the guest reads the workspace over 9p, which
@@ -26,10 +27,12 @@ pub fn strata() -> &'static Path {
         let Some(dir) = std::env::var_os("STRATA_TEST_BIN_DIR") else {
             return built;
         };
-        let copy = Path::new(&dir).join(format!("strata-test-bin.{}", std::process::id()));
-        let partial = copy.with_extension("partial");
-        if let Err(e) =
-            std::fs::copy(&built, &partial).and_then(|_| std::fs::rename(&partial, &copy))
+        let own = Path::new(&dir).join(format!("strata-test-bin.{}", std::process::id()));
+        let copy = own.join("strata");
+        let partial = own.join("strata.partial");
+        if let Err(e) = std::fs::create_dir_all(&own)
+            .and_then(|_| std::fs::copy(&built, &partial))
+            .and_then(|_| std::fs::rename(&partial, &copy))
         {
             panic!(
                 "STRATA_TEST_BIN_DIR: copying {} to {}: {e}",
