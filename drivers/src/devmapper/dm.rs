@@ -195,7 +195,7 @@ impl Dm {
         let msg = format!("delete {thin}");
         match self.dm.target_msg(&DevId::Name(name(pool)?), None, &msg) {
             Ok(_) => Ok(true),
-            Err(e) if errno(&e) == Some(libc_errno::ENODATA) => Ok(false),
+            Err(e) if errno(&e) == Some(nix::errno::Errno::ENODATA as i32) => Ok(false),
             Err(e) => Err(dm_err(
                 &format!("delete thin device {thin} (message {msg:?}) in pool"),
                 pool,
@@ -303,15 +303,7 @@ fn errno(e: &devicemapper::DmError) -> Option<i32> {
 }
 
 fn is_enxio(e: &devicemapper::DmError) -> bool {
-    errno(e) == Some(libc_errno::ENXIO)
-}
-
-/// The errno values the pool's answers are told apart by (Linux's numbers).
-pub mod libc_errno {
-    /// No such device (a device name not present).
-    pub const ENXIO: i32 = 6;
-    /// No data: a thin id the pool's metadata does not hold.
-    pub const ENODATA: i32 = 61;
+    errno(e) == Some(nix::errno::Errno::ENXIO as i32)
 }
 
 /// A block device node for `dev`: `/dev/dm-<minor>` when devtmpfs made it,
